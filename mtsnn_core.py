@@ -1,0 +1,687 @@
+"""Multi-threshold spiking neural networks trained directly by backpropagation through time.
+
+A small, readable core for the replication of Xu, Liu & Yang, *Direct training via
+backpropagation for ultra-low-latency spiking neural networks with multi-threshold* (Symmetry
+2022, arXiv 2112.07426). Equation numbers below are the paper's. Contents, top to bottom:
+
+1. surrogate derivative curves f1, f2, f3 (eqs. 14-16)
+2. the multi-threshold LIF neuron (eqs. 1-5) and its backward pass (eqs. 9-13)
+3. `build_net`, which parses the paper's network notation ("15C5-P2-40C5-P2-300")
+4. datasets held on the device as one tensor, augmented on the device
+5. `train`: Adam + MSE on output spikes (eq. 6), per-epoch evaluation, checkpoint/resume
+6. metrics: firing rates and synaptic operations (energy estimate)
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import math
+import os
+import re
+import tarfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ----------------------------------------------------------------------------------------------
+# 1. Surrogate derivative curves (eqs. 14-16)
+# ----------------------------------------------------------------------------------------------
+# The true derivative of the staircase s(u) = clamp(floor(u/V_th), 0, S_max) is a comb of Dirac
+# pulses at u = i*V_th, i = 1..S_max (Fig. 4). Each curve below replaces that comb.
+
+
+def _gaussian_comb(u, v_th, s_max, alpha_h, alpha_w, narrowing):
+    """Sum over thresholds i of a_i * exp(-(u - i*V_th)^2 / w_i): f1 (a_i = i, w_i = alpha_w/i)
+    and f2 (a_i = 1, w_i = alpha_w) share this code.
+
+    A Gaussian more than `reach` thresholds away from the nearest one is below 1e-9 * S_max of
+    alpha_h everywhere (below float32 resolution of any non-negligible value), so only the
+    2*reach+1 nearest thresholds are summed: no S_max-fold temporaries. When that window is not
+    smaller than the full comb, all S_max terms are summed and the result is the exact equation.
+    """
+    reach = math.ceil(math.sqrt(alpha_w * math.log(1e9 * s_max)) / v_th - 0.5)
+    if 2 * reach + 1 >= s_max:
+        indices, masked = range(1, s_max + 1), False
+    else:
+        nearest = torch.round(u / v_th).clamp_(1, s_max)
+        indices, masked = (nearest + k for k in range(-reach, reach + 1)), True
+    total = torch.zeros_like(u)
+    for i in indices:
+        d = u - i * v_th
+        term = torch.exp(d * d * (-i / alpha_w if narrowing else -1.0 / alpha_w))
+        if narrowing:
+            term = term * i
+        if masked:
+            term = term * ((i >= 1) & (i <= s_max))
+        total += term
+    return alpha_h * total
+
+
+def surrogate_f1(u, v_th=10.0, s_max=15, alpha_h=1.0, alpha_w=20.0):
+    """Eq. 14: f1(u) = sum_{i=1..S_max} i*alpha_H*exp(-(u - i*V_th)^2 / (alpha_W/i)).
+
+    Pulse i has height i*alpha_H and narrows with i, so f1 exceeds 1 near the high thresholds."""
+    _check_neuron_args(v_th=v_th, s_max=s_max)
+    return _gaussian_comb(u, v_th, s_max, alpha_h, alpha_w, narrowing=True)
+
+
+def surrogate_f2(u, v_th=10.0, s_max=15, alpha_h=1.0, alpha_w=20.0):
+    """Eq. 15: f2(u) = sum_{i=1..S_max} alpha_H*exp(-(u - i*V_th)^2 / alpha_W). The paper's default."""
+    _check_neuron_args(v_th=v_th, s_max=s_max)
+    return _gaussian_comb(u, v_th, s_max, alpha_h, alpha_w, narrowing=False)
+
+
+def surrogate_f3(u, v_th=10.0, s_max=15, alpha_h=1.0, alpha_w=None):
+    """Eq. 16: a trapezoid. 0 below 0, alpha_H*u/V_th up to V_th, alpha_H up to S_max*V_th, a linear
+    fall to 0 at (S_max+1)*V_th, 0 above. alpha_w is unused (kept for a common signature).
+
+    All four pieces are alpha_H * clamp(min(u/V_th, S_max + 1 - u/V_th), 0, 1)."""
+    _check_neuron_args(v_th=v_th, s_max=s_max)
+    x = u / v_th
+    return alpha_h * torch.clamp(torch.minimum(x, (s_max + 1) - x), 0.0, 1.0)
+
+
+SURROGATES = {"f1": surrogate_f1, "f2": surrogate_f2, "f3": surrogate_f3}
+RESET_GRADS = ("paper", "bptt", "detach")
+
+
+def _check_neuron_args(v_th=10.0, tau_m=10.0, s_max=15, surrogate="f2", reset_grad="paper"):
+    if not (isinstance(s_max, int) and s_max >= 1):
+        raise ValueError(f"s_max must be an integer >= 1, got {s_max!r}")
+    if not v_th > 0:
+        raise ValueError(f"v_th must be > 0, got {v_th!r}")
+    if not tau_m >= 1:
+        raise ValueError(f"tau_m must be >= 1 (time steps of 1 ms), got {tau_m!r}")
+    if surrogate not in SURROGATES:
+        raise ValueError(f"surrogate must be one of {sorted(SURROGATES)}, got {surrogate!r}")
+    if reset_grad not in RESET_GRADS:
+        raise ValueError(f"reset_grad must be one of {RESET_GRADS}, got {reset_grad!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. The multi-threshold LIF neuron (eqs. 1-5) and its gradient (eqs. 9-13)
+# ----------------------------------------------------------------------------------------------
+
+
+class _MultiThresholdFire(torch.autograd.Function):
+    """The neuron over all T steps as one autograd node: forward runs charge -> fire -> reset,
+    backward runs the same loop in reverse. Saves only the pre-reset potentials h[t]."""
+
+    @staticmethod
+    def forward(ctx, x, neuron):
+        decay, v_th, s_max = 1.0 - 1.0 / neuron.tau_m, neuron.v_th, neuron.s_max
+        h_all, spikes = torch.empty_like(x), torch.empty_like(x)
+        u = torch.zeros_like(x[0])
+        for t in range(x.shape[0]):
+            h = torch.add(x[t], u, alpha=decay, out=h_all[t])  # charge:  h = (1 - 1/tau) u + I  (eq. 1)
+            s = torch.div(h, v_th, out=spikes[t]).floor_().clamp_(0, s_max)  # fire (eq. 5)
+            u = torch.sub(h, s, alpha=v_th)  # reset by subtraction:  u = h - s*V_th  (eq. 4)
+        ctx.save_for_backward(h_all)
+        ctx.neuron = neuron
+        return spikes
+
+    @staticmethod
+    def backward(ctx, grad_spikes):
+        (h_all,) = ctx.saved_tensors
+        n = ctx.neuron
+        decay, v_th, mode = 1.0 - 1.0 / n.tau_m, n.v_th, n.reset_grad
+        grad_x = torch.empty_like(grad_spikes)
+        grad_u = None  # dL/du[t], arriving from step t+1; u[T-1] feeds nothing
+        for t in reversed(range(h_all.shape[0])):
+            f = n.surrogate_fn(h_all[t])  # f ~ ds/dh at the pre-reset potential
+            g = grad_spikes[t] * f
+            if mode == "paper":  # implicit reset: ds/dh = f/(1+V f), du/dh = 1/(1+V f)
+                if grad_u is not None:
+                    g = g + grad_u
+                g = g / (1.0 + v_th * f)
+            elif grad_u is not None:  # bptt: du/dh = 1 - V f;  detach: du/dh = 1
+                g = g + (grad_u * (1.0 - v_th * f) if mode == "bptt" else grad_u)
+            grad_x[t] = g
+            grad_u = decay * g  # h[t+1] = decay * u[t] + I[t+1]
+        return grad_x, None
+
+
+class MultiThresholdLIF(nn.Module):
+    """Leaky integrate-and-fire neuron that emits an integer number of spikes, 0..S_max, per step.
+
+    Input: current x of shape [T, B, ...]; output: spikes of the same shape (integer values in a
+    float tensor). With u[-1] = 0 at every call, for t = 0..T-1:
+
+        h[t] = (1 - 1/tau_m) u[t-1] + x[t]              charge (eq. 1)
+        s[t] = clamp(floor(h[t] / V_th), 0, S_max)      fire   (eq. 5)
+        u[t] = h[t] - s[t] V_th                          reset by subtraction (eq. 4)
+
+    With s_max=1 this is the ordinary soft-reset LIF, spike for spike.
+
+    Backward, with f = surrogate(h[t]) standing in for ds/dh, `reset_grad` chooses how the reset
+    is differentiated:
+
+    - "paper": the paper's eqs. 11-13 differentiate eq. 4 implicitly (the reset depends on the
+      membrane it resets), so every path through h[t] is divided by (1 + V_th f):
+      ds/dh = f/(1 + V_th f), du/dh = 1/(1 + V_th f). We apply that factor to the error sent to
+      lower layers too, i.e. dL/dx[t] = dL/dh[t]; eq. 9 as printed leaves it out of the spatial
+      path. At T = 1 the output layer's weight gradient is exactly eq. 13 times eq. 10.
+    - "bptt": plain autograd through u = h - s V_th: ds/dh = f, du/dh = 1 - V_th f. With V_th = 10
+      and f up to ~1 this factor flips sign and amplifies, and training collapses.
+    - "detach": the reset as a constant: ds/dh = f, du/dh = 1.
+
+    After each forward, `firing_rate` holds the mean spike count per neuron per step (detached)
+    and `spike_sum` the total spike count, for the metrics in section 6.
+    """
+
+    def __init__(self, v_th=10.0, tau_m=10.0, s_max=15, surrogate="f2", alpha_h=1.0,
+                 alpha_w=20.0, reset_grad="paper"):
+        super().__init__()
+        _check_neuron_args(v_th, tau_m, s_max, surrogate, reset_grad)
+        self.v_th, self.tau_m, self.s_max = float(v_th), float(tau_m), s_max
+        self.surrogate, self.alpha_h, self.alpha_w, self.reset_grad = surrogate, alpha_h, alpha_w, reset_grad
+        self.firing_rate = self.spike_sum = None
+
+    def surrogate_fn(self, h):
+        return SURROGATES[self.surrogate](h, self.v_th, self.s_max, self.alpha_h, self.alpha_w)
+
+    def forward(self, x):
+        if x.dim() < 2:
+            raise ValueError(f"MultiThresholdLIF expects input of shape [T, B, ...], got {tuple(x.shape)}")
+        spikes = _MultiThresholdFire.apply(x, self)
+        with torch.no_grad():
+            self.spike_sum = spikes.sum()
+            self.firing_rate = self.spike_sum / spikes.numel()
+        return spikes
+
+    def extra_repr(self):
+        return (f"v_th={self.v_th}, tau_m={self.tau_m}, s_max={self.s_max}, surrogate={self.surrogate}, "
+                f"alpha_h={self.alpha_h}, alpha_w={self.alpha_w}, reset_grad={self.reset_grad}")
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Networks in the paper's notation
+# ----------------------------------------------------------------------------------------------
+
+
+class TimeFolded(nn.Module):
+    """Runs a synaptic layer once on [T*B, ...] and returns [T, B, ...]: only neurons loop over time."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        y = self.layer(x.flatten(0, 1))
+        return y.unflatten(0, x.shape[:2])
+
+
+class SpikingNet(nn.Module):
+    """A stack of synaptic layers, each Conv/Linear followed by a neuron, in the paper's notation.
+
+    `forward(images, T)` feeds the (normalised, real-valued) image as the same input current at
+    every step (direct encoding): the first synaptic layer runs once on [B, ...] and its output
+    is repeated over T. Returns the output layer's spikes, shape [T, B, n_classes], integers
+    0..S_max per step. The prediction is the class with the most output spikes over the T steps
+    (`predict`; ties go to the lower class index).
+    """
+
+    def __init__(self, spec, first, rest):
+        super().__init__()
+        self.spec, self.first, self.rest = spec, first, rest
+
+    def forward(self, images, T=2):
+        if T < 1:
+            raise ValueError(f"T (time steps) must be >= 1, got {T!r}")
+        current = self.first(images)
+        return self.rest(current.unsqueeze(0).expand(T, *current.shape))
+
+    @staticmethod
+    def predict(out_spikes):
+        return out_spikes.sum(0).argmax(1)
+
+    def neurons(self):
+        return [m for m in self.modules() if isinstance(m, MultiThresholdLIF)]
+
+
+_TOKEN = re.compile(r"^(?:(\d+)C(\d+)|P(\d+)|(\d+))$")
+
+
+def build_net(spec, in_shape, n_classes, *, activation=None, init_gain=None, **neuron_kwargs):
+    """Parse the paper's notation into a `SpikingNet`.
+
+    Tokens, separated by '-': `NCk` a k x k convolution with N filters (stride 1; padding 1 for
+    3x3 kernels, none for larger ones, as in the TSSL-BP configurations these networks come
+    from), `Pk` k x k max pooling, `N` a fully connected layer of N units. An MLP spec starts with
+    the input size (`784-800-10`); its first token must equal prod(in_shape). The classifier
+    layer to `n_classes` is appended unless the spec ends with it.
+
+    Every Conv/Linear layer is followed by `MultiThresholdLIF(**neuron_kwargs)`, or by
+    `activation()` when given (e.g. `nn.ReLU`, for the ANN baseline and the benchmark). Pooling
+    takes the max of each window of spike counts: the result is again an integer spike map, so it
+    needs no neuron of its own and the next layer still only accumulates.
+
+    Initialisation, our reading of eq. 17 (W ~ [V_th/N_{l-1}, 0.5]): W ~ Normal(mean =
+    V_th/N_{l-1}, std = init_gain * V_th/sqrt(N_{l-1})) with N_{l-1} the fan-in and bias 0. The
+    mean is the paper's; the spread scales with 1/sqrt(fan-in) so that a layer's input current has
+    a spread of about init_gain*V_th*rms(input) whatever its width (the literal std 0.5 drives the
+    16384-input layer of the CIFAR-10 net into saturation and leaves 5x5 convolutions on one
+    channel silent). init_gain defaults to 1.0 for the neuron (every layer of every paper network
+    fires, unsaturated, at initialisation: tests/test_core.py checks it); with `activation` the
+    layers keep PyTorch's default initialisation.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"spec must be a non-empty string like '784-800-10', got {spec!r}")
+    tokens = spec.replace(" ", "").split("-")
+    parsed = [_TOKEN.match(t) for t in tokens]
+    for tok, m in zip(tokens, parsed):
+        if m is None:
+            raise ValueError(f"spec {spec!r}: cannot parse {tok!r}; expected NCk (conv), Pk (pool) or N (units)")
+    shape = tuple(in_shape)
+    if len(shape) not in (1, 3):
+        raise ValueError(f"in_shape must be (features,) or (C, H, W), got {in_shape!r}")
+    if parsed[0].group(4) is not None and int(parsed[0].group(4)) == math.prod(shape) and len(parsed) > 1:
+        parsed = parsed[1:]  # the MLP's leading input size
+    if parsed[-1].group(4) is None or int(parsed[-1].group(4)) != n_classes:
+        parsed.append(_TOKEN.match(str(n_classes)))
+    if activation is None:
+        neuron_kwargs.setdefault("v_th", 10.0)
+        _check_neuron_args(**{k: v for k, v in neuron_kwargs.items() if k in ("v_th", "tau_m", "s_max", "surrogate", "reset_grad")})
+        make_neuron = lambda: MultiThresholdLIF(**neuron_kwargs)
+        gain = 1.0 if init_gain is None else init_gain
+    else:
+        make_neuron, gain = activation, init_gain
+
+    layers = []
+    for m in parsed:
+        n_conv, k_conv, k_pool, n_fc = m.groups()
+        if n_conv is not None:
+            if len(shape) != 3:
+                raise ValueError(f"spec {spec!r}: convolution {m.group(0)} after a fully connected layer")
+            k = int(k_conv)
+            layer = nn.Conv2d(shape[0], int(n_conv), k, padding=1 if k == 3 else 0)
+            shape = (int(n_conv), shape[1] + 2 * layer.padding[0] - k + 1, shape[2] + 2 * layer.padding[0] - k + 1)
+        elif k_pool is not None:
+            if len(shape) != 3:
+                raise ValueError(f"spec {spec!r}: pooling {m.group(0)} after a fully connected layer")
+            layers.append(nn.MaxPool2d(int(k_pool)))
+            shape = (shape[0], shape[1] // int(k_pool), shape[2] // int(k_pool))
+            continue
+        else:
+            if len(shape) == 3:
+                layers.append(nn.Flatten())
+            layer = nn.Linear(math.prod(shape), int(n_fc))
+            shape = (int(n_fc),)
+        if min(shape) < 1:
+            raise ValueError(f"spec {spec!r} shrinks the input {tuple(in_shape)} to nothing at {m.group(0)}")
+        if gain is not None:
+            fan_in = layer.weight[0].numel()
+            v_th = neuron_kwargs["v_th"]
+            nn.init.normal_(layer.weight, mean=v_th / fan_in, std=gain * v_th / math.sqrt(fan_in))
+            nn.init.zeros_(layer.bias)
+        layers += [layer, make_neuron()]
+    first, rest = layers[0], nn.Sequential(*[TimeFolded(l) if not _is_neuron(l) else l for l in layers[1:]])
+    if len(tuple(in_shape)) == 1:
+        first = nn.Sequential(nn.Flatten(), first)
+    return SpikingNet(spec, first, rest)
+
+
+def _is_neuron(layer):
+    return not isinstance(layer, (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.Flatten))
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Data: the whole dataset on the device as one tensor, augmented there per batch
+# ----------------------------------------------------------------------------------------------
+# MD5 of the uncompressed IDX files (torchvision's layout <root>/<Name>/raw/).
+_IDX_MD5 = {
+    "mnist": ("MNIST", {
+        "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+        "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+        "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+        "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637"}),
+    "fmnist": ("FashionMNIST", {
+        "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+        "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+        "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965"}),
+}
+_CIFAR_JPEG_SHA256 = {
+    "train_1.tar": "50af13e8856f8717906cd5c5f1cb10eac1ced76ccdf1035d70090e6bbdcb2529",
+    "train_2.tar": "638c743f0cf7b4638ee21e8120025f1ccb5f750891e20912db6fd078816e8ed2",
+    "test.tar": "e48adedee3b04d8030be234342ac61b1d57961c070be4e10380b98c98b8ede40",
+}
+_CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# Per-channel mean/std of the training images in [0, 1]; crop padding is zero intensity.
+_STATS = {"mnist": ((0.1307,), (0.3081,)), "fmnist": ((0.2860,), (0.3530,)),
+          "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))}
+_CROP_PAD = {"mnist": 2, "fmnist": 2, "cifar10": 4}
+DATASETS = tuple(_STATS)
+
+
+class DatasetError(RuntimeError):
+    """A dataset is missing or does not match its published checksum."""
+
+
+@dataclass
+class Dataset:
+    """Images as one normalised float tensor [N, C, H, W] on the device, labels [N] (int64)."""
+    name: str
+    variant: str  # "mnist", "fmnist", "cifar10" or "cifar10-jpeg75" (the lossy copy)
+    x: torch.Tensor
+    y: torch.Tensor
+    mean: tuple = ()
+    std: tuple = ()
+
+    def __len__(self):
+        return len(self.y)
+
+    def augment(self, xb, generator):
+        """Random crop with zero-intensity padding (all datasets) and horizontal flip (CIFAR-10),
+        one random draw per image, as batched tensor operations."""
+        pad, (B, C, H, W) = _CROP_PAD[self.name], xb.shape
+        background = (-torch.tensor(self.mean) / torch.tensor(self.std)).to(xb).view(1, C, 1, 1)
+        canvas = background.expand(B, C, H + 2 * pad, W + 2 * pad).clone()
+        canvas[:, :, pad:pad + H, pad:pad + W] = xb
+        dy, dx = (torch.randint(0, 2 * pad + 1, (2, B), generator=generator)).to(xb.device)
+        rows = (dy[:, None] + torch.arange(H, device=xb.device))[:, None, :, None].expand(B, C, H, W + 2 * pad)
+        canvas = canvas.gather(2, rows)
+        cols = (dx[:, None] + torch.arange(W, device=xb.device))[:, None, None, :].expand(B, C, H, W)
+        out = canvas.gather(3, cols)
+        if self.name == "cifar10":
+            flip = (torch.rand(B, generator=generator) < 0.5).to(xb.device)
+            out = torch.where(flip[:, None, None, None], out.flip(3), out)
+        return out
+
+
+def data_root(root=None):
+    """`root`, else $MTSNN_DATA, else ./data."""
+    return Path(root or os.environ.get("MTSNN_DATA") or "data")
+
+
+def _md5(path):
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+def _sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _try_download(name, root):
+    """Let torchvision fetch the canonical files; returns False when the network does not allow."""
+    import torchvision.datasets as tvd
+    cls = {"mnist": tvd.MNIST, "fmnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10}[name]
+    try:
+        for train in (True, False):
+            cls(str(root), train=train, download=True)
+        return True
+    except Exception as exc:  # no network, a refused host, a partial file
+        warnings.warn(f"could not download {name} with torchvision: {exc}")
+        return False
+
+
+def _missing_error(name, folder, files, how):
+    return DatasetError(
+        f"{name}: looked in {Path(folder).resolve()} and did not find {', '.join(files)}. "
+        f"{how} Set MTSNN_DATA (or pass root=) to the folder that holds it.")
+
+
+def _read_idx(path):
+    raw = path.read_bytes()
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return torch.frombuffer(bytearray(raw[4 + 4 * ndim:]), dtype=torch.uint8).view(*dims)
+
+
+def _load_idx(name, train, root):
+    folder_name, md5s = _IDX_MD5[name]
+    raw = root / folder_name / "raw"
+    prefix = "train" if train else "t10k"
+    files = [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
+    if not all((raw / f).exists() for f in files) and not _try_download(name, root):
+        raise _missing_error(name, raw, files, "Download the IDX files (torchvision's "
+                             f"datasets.{'MNIST' if name == 'mnist' else 'FashionMNIST'}(root, download=True) does it) "
+                             "or copy them from a machine that has them.")
+    for f in files:
+        if _md5(raw / f) != md5s[f]:
+            raise DatasetError(f"{name}: {raw / f} does not match its published MD5 {md5s[f]}; "
+                               "the file is corrupt or not the canonical one. Delete it and download again.")
+    return _read_idx(raw / files[0]).unsqueeze(1), _read_idx(raw / files[1]).long()
+
+
+def _cache_dir():
+    return Path(os.environ.get("MTSNN_CACHE") or Path.home() / ".cache" / "mtsnn")
+
+
+def _load_cifar10(train, root):
+    """Canonical cifar-10-batches-py when present (or downloadable), else the JPEG-75 copy."""
+    import torchvision.datasets as tvd
+    canonical = root / "cifar-10-batches-py"
+    jpeg = root / "cifar-10-jpeg75"
+    if canonical.exists() or (not jpeg.exists() and _try_download("cifar10", root)):
+        ds = tvd.CIFAR10(str(root), train=train, download=False)  # checks the published MD5s
+        return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets), "cifar10"
+    shards = ["train_1.tar", "train_2.tar"] if train else ["test.tar"]
+    if not all((jpeg / s).exists() for s in shards):
+        raise _missing_error("cifar10", root, ["cifar-10-batches-py/"] + [f"cifar-10-jpeg75/{s}" for s in shards],
+                             "With internet, torchvision's datasets.CIFAR10(root, download=True) fetches the canonical "
+                             "files.")
+    warnings.warn("CIFAR-10: using the lossy JPEG-75 copy (variant 'cifar10-jpeg75'); accuracy may differ "
+                  "slightly from the canonical dataset.", stacklevel=3)
+    for s in shards:
+        if _sha256(jpeg / s) != _CIFAR_JPEG_SHA256[s]:
+            raise DatasetError(f"cifar10: {jpeg / s} does not match its sha256 {_CIFAR_JPEG_SHA256[s]} (SHA256SUMS)")
+    cache = _cache_dir() / f"cifar10-jpeg75-{'train' if train else 'test'}-{_CIFAR_JPEG_SHA256[shards[0]][:12]}.pt"
+    if cache.exists():
+        x, y = torch.load(cache)
+        return x, y, "cifar10-jpeg75"
+    from torchvision.io import decode_jpeg
+    images, labels = [], []
+    for s in shards:  # decoded once, then cached as one uint8 tensor
+        with tarfile.open(jpeg / s) as tar:
+            for member in tar:
+                if member.isfile() and member.name.endswith(".jpg"):
+                    data = torch.frombuffer(bytearray(tar.extractfile(member).read()), dtype=torch.uint8)
+                    images.append(decode_jpeg(data))
+                    labels.append(_CIFAR_CLASSES.index(member.name.split("/")[-2]))
+    x, y = torch.stack(images), torch.tensor(labels)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save((x, y), cache)
+    return x, y, "cifar10-jpeg75"
+
+
+def load_dataset(name, train, root=None, device="cpu", subset=None):
+    """Load "mnist", "fmnist" or "cifar10" as a `Dataset` on `device`, normalised per channel.
+
+    Files are read from `root` (default $MTSNN_DATA, then ./data) in torchvision's layout
+    (MNIST/raw, FashionMNIST/raw, cifar-10-batches-py) and checked against their published
+    checksums. CIFAR-10 falls back to the lossy `cifar-10-jpeg75/` copy (variant
+    "cifar10-jpeg75", with a warning). A missing dataset is downloaded by torchvision where the
+    network allows; otherwise a DatasetError names the folder searched and the files expected.
+    `subset=n` keeps the first n images (the files' own order).
+    """
+    if name not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
+    device = _check_device(device)
+    root = data_root(root)
+    if name == "cifar10":
+        x, y, variant = _load_cifar10(train, root)
+    else:
+        (x, y), variant = _load_idx(name, train, root), name
+    if subset is not None:
+        if not (isinstance(subset, int) and subset >= 1):
+            raise ValueError(f"subset must be a positive integer, got {subset!r}")
+        x, y = x[:subset], y[:subset]
+    mean, std = _STATS[name]
+    m = torch.tensor(mean).view(1, -1, 1, 1)
+    s = torch.tensor(std).view(1, -1, 1, 1)
+    x = ((x.to(device).float() / 255.0) - m.to(device)) / s.to(device)
+    return Dataset(name, variant, x, y.to(device), mean, std)
+
+
+def _check_device(device):
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} requested but CUDA is not available")
+    return device
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Training: Adam, MSE on output spikes (eq. 6), evaluation every epoch, checkpoint/resume
+# ----------------------------------------------------------------------------------------------
+
+
+def spike_mse_loss(out_spikes, labels, s_max):
+    """Eq. 6 summed over the T steps and the classes, averaged over the batch:
+    L = 1/2 sum_t sum_i (y_i[t] - s_i[t])^2, with desired firing y_i[t] = S_max for the labelled
+    class and 0 for every other class, at every step (the most and the fewest spikes an output can
+    emit)."""
+    target = F.one_hot(labels, out_spikes.shape[-1]).to(out_spikes) * s_max
+    return 0.5 * (out_spikes - target).pow(2).sum((0, 2)).mean()
+
+
+@torch.no_grad()
+def evaluate(net, data, T, batch_size=1000):
+    """Test accuracy (%) over all of `data` and the mean firing rate of each neuron layer."""
+    net.eval()
+    correct, rates = 0, torch.zeros(len(net.neurons()))
+    for i in range(0, len(data), batch_size):
+        out = net(data.x[i:i + batch_size], T)
+        correct += (net.predict(out) == data.y[i:i + batch_size]).sum().item()
+        rates += torch.stack([n.firing_rate for n in net.neurons()]).cpu() * len(out[0])
+    net.train()
+    return 100.0 * correct / len(data), (rates / len(data)).tolist()
+
+
+def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, device="cpu",
+          subset=None, test_subset=None, root=None, data=None, augment=True, checkpoint=None,
+          resume=False, progress=True, **neuron_kwargs):
+    """Train `build_net(spec, ...)` on `dataset` ("mnist", "fmnist", "cifar10") and return a JSON-able dict.
+
+    Adam (beta 0.9/0.999, eps 1e-8) on `spike_mse_loss`; the full test set (or `test_subset`) is
+    evaluated after every epoch. Shuffling and augmentation draw from a generator seeded with
+    (seed, epoch), so a run resumed from its checkpoint (`checkpoint=path, resume=True`; written
+    after every epoch) ends with the same weights as an uninterrupted one. `data=(train, test)`
+    reuses already loaded `Dataset`s. A non-finite loss stops the run with a FloatingPointError
+    naming the epoch and step. `neuron_kwargs` go to every `MultiThresholdLIF`.
+    """
+    device = _check_device(device)
+    config = dict(spec=spec, dataset=dataset, epochs=epochs, T=T, batch_size=batch_size, lr=lr,
+                  seed=seed, subset=subset, test_subset=test_subset, augment=augment, **neuron_kwargs)
+    train_ds, test_ds = data or (load_dataset(dataset, True, root, device, subset),
+                                 load_dataset(dataset, False, root, device, test_subset))
+    torch.manual_seed(seed)
+    net = build_net(spec, train_ds.x.shape[1:], 10, **neuron_kwargs).to(device)
+    s_max = net.neurons()[-1].s_max
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
+    history, start = [], 0
+    if resume and checkpoint and Path(checkpoint).exists():
+        state = torch.load(checkpoint, map_location=device)
+        if state["config"] != config:
+            raise ValueError(f"checkpoint {checkpoint} was written by a different configuration: {state['config']}")
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history, start = state["history"], len(state["history"])
+
+    from tqdm.auto import tqdm
+    steps = math.ceil(len(train_ds) / batch_size)
+    bar = tqdm(total=(epochs - start) * steps, desc=f"{dataset} {spec}", disable=not progress)
+    for epoch in range(start, epochs):
+        t0 = time.time()
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order = torch.randperm(len(train_ds), generator=g).to(device)
+        losses = torch.zeros(steps, device=device)
+        correct = torch.zeros((), device=device)
+        for step in range(steps):
+            idx = order[step * batch_size:(step + 1) * batch_size]
+            xb, yb = train_ds.x[idx], train_ds.y[idx]
+            if augment:
+                xb = train_ds.augment(xb, g)
+            out = net(xb, T)
+            loss = spike_mse_loss(out, yb, s_max)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses[step] = loss.detach()
+            correct += (net.predict(out.detach()) == yb).sum()
+            bar.update()
+        if not torch.isfinite(losses).all():  # checked once per epoch: no device sync per step
+            bad = int((~torch.isfinite(losses)).nonzero()[0])
+            bar.close()
+            raise FloatingPointError(f"{dataset} {spec}: loss became {losses[bad].item()} at epoch {epoch + 1}, "
+                                     f"step {bad + 1} of {steps} (lr={lr}, seed={seed})")
+        test_acc, rates = evaluate(net, test_ds, T)
+        history.append(dict(epoch=epoch + 1, loss=losses.mean().item(), train_accuracy=100.0 * correct.item() / len(train_ds),
+                            test_accuracy=test_acc, seconds=time.time() - t0, firing_rate=rates))
+        bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]['loss']:.3f}", test=f"{test_acc:.2f}%")
+        if checkpoint:
+            Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
+            torch.save(dict(model=net.state_dict(), optimizer=optimizer.state_dict(), history=history,
+                            config=config), checkpoint)
+    bar.close()
+    return dict(config=config, dataset_variant=train_ds.variant, history=history,
+                test_accuracy=history[-1]["test_accuracy"] if history else None,
+                torch=torch.__version__, device=device_name(device), model=net)
+
+
+def device_name(device):
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def to_json(result):
+    """The result dict without the model, ready for json.dump."""
+    return json.loads(json.dumps({k: v for k, v in result.items() if k != "model"}))
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. Reporting: the rows of the paper's tables, as JSON and as a plot
+# ----------------------------------------------------------------------------------------------
+
+
+def pick_device(device="auto"):
+    """"auto" -> "cuda" when a GPU is visible, else "cpu"; anything else is checked and returned."""
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else str(_check_device(device))
+
+
+def result_row(name, results, paper_accuracy=None, **extra):
+    """One table row from the `train` results of several seeds of the same configuration."""
+    cfg = results[0]["config"]
+    acc = [r["test_accuracy"] for r in results]
+    mean = sum(acc) / len(acc)
+    std = math.sqrt(sum((a - mean) ** 2 for a in acc) / (len(acc) - 1)) if len(acc) > 1 else 0.0
+    return dict(name=name, dataset=results[0]["dataset_variant"], network=cfg["spec"], T=cfg["T"],
+                s_max=cfg.get("s_max", 15), surrogate=cfg.get("surrogate", "f2"), alpha_w=cfg.get("alpha_w", 20.0),
+                epochs=cfg["epochs"], seeds=[r["config"]["seed"] for r in results], accuracy=acc,
+                accuracy_mean=mean, accuracy_std=std, paper_accuracy=paper_accuracy, **extra)
+
+
+def write_results(notebook, profile, rows, runtime_s, figures_dir, device, **extra):
+    """Write figures/<notebook>.json: where the numbers came from, and one row per result."""
+    path = Path(figures_dir) / f"{notebook}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = dict(notebook=notebook, profile=profile, device=device, torch=torch.__version__,
+               runtime_s=round(runtime_s, 1), rows=rows, **extra)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    return path
+
+
+def plot_history(results, ax=None, label=""):
+    """Train (dashed) and test (solid) accuracy per epoch, one colour per run."""
+    import matplotlib.pyplot as plt
+    ax = ax or plt.gca()
+    for r in results:
+        ep = [h["epoch"] for h in r["history"]]
+        line, = ax.plot(ep, [h["test_accuracy"] for h in r["history"]], label=f"{label}seed {r['config']['seed']} test")
+        ax.plot(ep, [h["train_accuracy"] for h in r["history"]], "--", color=line.get_color(), alpha=0.6,
+                label=f"{label}seed {r['config']['seed']} train")
+    ax.set(xlabel="epoch", ylabel="accuracy (%)")
+    ax.grid(alpha=0.3)
+    return ax
