@@ -114,13 +114,7 @@ class _MultiThresholdFire(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, neuron):
-        decay, v_th, s_max = 1.0 - 1.0 / neuron.tau_m, neuron.v_th, neuron.s_max
-        h_all, spikes = torch.empty_like(x), torch.empty_like(x)
-        u = torch.zeros_like(x[0])
-        for t in range(x.shape[0]):
-            h = torch.add(x[t], u, alpha=decay, out=h_all[t])  # charge:  h = (1 - 1/tau) u + I  (eq. 1)
-            s = torch.div(h, v_th, out=spikes[t]).floor_().clamp_(0, s_max)  # fire (eq. 5)
-            torch.sub(h, s, alpha=v_th, out=u)  # reset by subtraction:  u = h - s*V_th  (eq. 4)
+        spikes, h_all = neuron.run(x)
         ctx.save_for_backward(h_all)
         ctx.neuron = neuron
         return spikes
@@ -169,6 +163,7 @@ class MultiThresholdLIF(nn.Module):
       and f up to ~1 this factor flips sign and amplifies, and training collapses.
     - "detach": the reset as a constant: ds/dh = f, du/dh = 1.
 
+    `run(x)` gives the same forward without autograd and also returns the pre-reset potentials h.
     After each forward, `firing_rate` holds the mean spike count per neuron per step (detached)
     and `spike_sum` the total spike count, for the metrics in section 6.
     """
@@ -183,6 +178,17 @@ class MultiThresholdLIF(nn.Module):
 
     def surrogate_fn(self, h):
         return SURROGATES[self.surrogate](h, self.v_th, self.s_max, self.alpha_h, self.alpha_w)
+
+    def run(self, x):
+        """The forward dynamics without autograd: (spikes, pre-reset potentials h), both [T, B, ...]."""
+        decay = 1.0 - 1.0 / self.tau_m
+        h_all, spikes = torch.empty_like(x), torch.empty_like(x)
+        u = torch.zeros_like(x[0])
+        for t in range(x.shape[0]):
+            h = torch.add(x[t], u, alpha=decay, out=h_all[t])  # charge:  h = (1 - 1/tau) u + I  (eq. 1)
+            s = torch.div(h, self.v_th, out=spikes[t]).floor_().clamp_(0, self.s_max)  # fire (eq. 5)
+            torch.sub(h, s, alpha=self.v_th, out=u)  # reset by subtraction:  u = h - s*V_th  (eq. 4)
+        return spikes, h_all
 
     def forward(self, x):
         if x.dim() < 2:
