@@ -632,6 +632,28 @@ def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, dev
                 torch=torch.__version__, device=device_name(device), model=net)
 
 
+def _train_quietly(kwargs):
+    torch.set_num_threads(kwargs.pop("threads"))
+    return to_json(train(**kwargs))
+
+
+def train_sweep(configs, processes=2, threads=None, **common):
+    """Run `train(**common, **config)` for every config, `processes` at a time, and return the
+    results (without models) in the order given.
+
+    Independent runs share the hardware instead of queueing: each worker process trains one run
+    with `threads` CPU threads (default: the machine's threads split between the workers); on a
+    GPU the workers' small kernels overlap. processes=1 runs them one after another in this process.
+    """
+    runs = [dict(common, **c) for c in configs]
+    if processes <= 1:
+        return [to_json(train(**r)) for r in runs]
+    import multiprocessing as mp
+    threads = threads or max(1, torch.get_num_threads() // processes)
+    with mp.get_context("spawn").Pool(processes) as pool:
+        return pool.map(_train_quietly, [dict(r, threads=threads, progress=False) for r in runs], chunksize=1)
+
+
 def device_name(device):
     device = torch.device(device)
     if device.type == "cuda":
