@@ -1,6 +1,6 @@
 """Execute notebooks with papermill, in place, with the profile forced.
 
-    python tools/run_notebook.py [--profile quick|full] [--figures DIR] NOTEBOOK...
+    python tools/run_notebook.py [--profile quick|full] [--figures DIR] [-p KEY VALUE]... NOTEBOOK...
 
 Papermill injects PROFILE and FIGURES_DIR after the cell tagged `parameters` (replacing an
 earlier injected cell, so a notebook stored after a full run is re-run at the profile asked for),
@@ -9,6 +9,7 @@ runs it with notebooks/ as working directory and writes it back. The first markd
 names the notebook and the cell, and the exit status is 1.
 """
 import argparse
+import ast
 import datetime
 import re
 import sys
@@ -23,21 +24,23 @@ from mtsnn_core import device_name, pick_device
 STAMP = re.compile(r"^\*\*Stored outputs:\*\*.*$", re.M)
 
 
-def stamp(path, profile):
+def stamp(path, profile, overrides):
     """Record in the first cell which profile, device and runtime produced the stored outputs."""
     nb = nbformat.read(path, as_version=4)
     device = device_name(pick_device())
     seconds = nb.metadata.get("papermill", {}).get("duration") or 0
-    line = (f"**Stored outputs:** profile `{profile}`, {device}, {seconds / 60:.1f} min, "
-            f"run {datetime.date.today().isoformat()} by `make notebooks PROFILE={profile}`.")
+    extra = "".join(f" -p {k} {v!r}" for k, v in overrides.items())
+    line = (f"**Stored outputs:** profile `{profile}`{', with ' + extra.strip() if extra else ''}, {device}, "
+            f"{seconds / 60:.1f} min, run {datetime.date.today().isoformat()} by "
+            f"`python tools/run_notebook.py --profile {profile}{extra}`.")
     first = nb.cells[0]
     first.source = STAMP.sub(line, first.source) if STAMP.search(first.source) else first.source + "\n\n" + line
     nbformat.write(nb, path)
 
 
-def run(path, profile, figures):
+def run(path, profile, figures, overrides):
     path = Path(path).resolve()
-    params = dict(PROFILE=profile)
+    params = dict(PROFILE=profile, **overrides)
     if figures:
         params["FIGURES_DIR"] = str(Path(figures).resolve())
     t0 = time.time()
@@ -47,9 +50,16 @@ def run(path, profile, figures):
     except pm.PapermillExecutionError as exc:
         print(f"FAILED {path.name}: cell {exc.exec_count} raised {exc.ename}: {exc.evalue}", file=sys.stderr)
         return False
-    stamp(path, profile)
+    stamp(path, profile, overrides)
     print(f"ok {path.name} ({profile}, {time.time() - t0:.0f} s)")
     return True
+
+
+def _literal(text):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
 
 
 if __name__ == "__main__":
@@ -57,6 +67,9 @@ if __name__ == "__main__":
     ap.add_argument("notebooks", nargs="+")
     ap.add_argument("--profile", default="quick", choices=["quick", "full"])
     ap.add_argument("--figures", default=None, help="where figures and JSON go (default: the notebook's own)")
+    ap.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                    help="another parameter, e.g. -p EPOCHS 40 (VALUE read as a Python literal)")
     args = ap.parse_args()
-    ok = [run(nb, args.profile, args.figures) for nb in args.notebooks]
+    overrides = {k: _literal(v) for k, v in args.param}
+    ok = [run(nb, args.profile, args.figures, overrides) for nb in args.notebooks]
     sys.exit(0 if all(ok) else 1)
