@@ -325,9 +325,9 @@ def build_net(spec, in_shape, n_classes, *, activation=None, init_gain=None, **n
             nn.init.normal_(layer.weight, mean=v_th / fan_in, std=gain * v_th / math.sqrt(fan_in))
             nn.init.zeros_(layer.bias)
         layers += [layer, make_neuron()]
-    first, rest = layers[0], nn.Sequential(*[TimeFolded(l) if not _is_neuron(l) else l for l in layers[1:]])
-    if len(tuple(in_shape)) == 1:
-        first = nn.Sequential(nn.Flatten(), first)
+    n_first = next(i for i, l in enumerate(layers) if isinstance(l, (nn.Conv2d, nn.Linear))) + 1
+    first = nn.Sequential(*layers[:n_first])  # runs once on [B, ...]: the input current is the same every step
+    rest = nn.Sequential(*[TimeFolded(l) if not _is_neuron(l) else l for l in layers[n_first:]])
     return SpikingNet(spec, first, rest)
 
 
@@ -591,9 +591,9 @@ def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, dev
         optimizer.load_state_dict(state["optimizer"])
         history, start = state["history"], len(state["history"])
 
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # plain text bar: readable in stored notebooks, no widget dependency
     steps = math.ceil(len(train_ds) / batch_size)
-    bar = tqdm(total=(epochs - start) * steps, desc=f"{dataset} {spec}", disable=not progress)
+    bar = tqdm(total=(epochs - start) * steps, desc=f"{dataset} {spec}", disable=not progress, mininterval=2.0)
     for epoch in range(start, epochs):
         t0 = time.time()
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)

@@ -11,6 +11,7 @@ names the notebook and the cell, and the exit status is 1.
 import argparse
 import ast
 import datetime
+import os
 import re
 import sys
 import time
@@ -42,7 +43,7 @@ def run(path, profile, figures, overrides):
     path = Path(path).resolve()
     params = dict(PROFILE=profile, **overrides)
     if figures:
-        params["FIGURES_DIR"] = str(Path(figures).resolve())
+        params["FIGURES_DIR"] = os.path.relpath(Path(figures).resolve(), path.parent)  # stored notebooks stay portable
     t0 = time.time()
     try:
         pm.execute_notebook(str(path), str(path), parameters=params, cwd=str(path.parent), progress_bar=False,
