@@ -29,5 +29,9 @@ $(NOTEBOOKS) notebooks/90_summary.ipynb: venv
 test: venv
 	$(PY) -m pytest -v tests
 
-bench: venv
+bench: venv $(VENV)/.bench-installed
 	$(PY) benchmarks/bench_step.py
+
+$(VENV)/.bench-installed: requirements-bench.txt $(VENV)/.installed
+	$(PY) -m pip install -q -r requirements-bench.txt
+	touch $@

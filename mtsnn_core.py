@@ -285,8 +285,11 @@ def build_net(spec, in_shape, n_classes, *, activation=None, init_gain=None, **n
     shape = tuple(in_shape)
     if len(shape) not in (1, 3):
         raise ValueError(f"in_shape must be (features,) or (C, H, W), got {in_shape!r}")
-    if parsed[0].group(4) is not None and int(parsed[0].group(4)) == math.prod(shape) and len(parsed) > 1:
-        parsed = parsed[1:]  # the MLP's leading input size
+    if all(m.group(4) is not None for m in parsed):  # an MLP: the first token is the input size
+        if int(parsed[0].group(4)) != math.prod(shape) or len(parsed) < 2:
+            raise ValueError(f"spec {spec!r}: an MLP spec starts with the input size {math.prod(shape)} "
+                             f"(in_shape {tuple(in_shape)}) and has at least one layer after it")
+        parsed = parsed[1:]
     if parsed[-1].group(4) is None or int(parsed[-1].group(4)) != n_classes:
         parsed.append(_TOKEN.match(str(n_classes)))
     if activation is None:
@@ -585,7 +588,7 @@ def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, dev
     history, start = [], 0
     if resume and checkpoint and Path(checkpoint).exists():
         state = torch.load(checkpoint, map_location=device)
-        if state["config"] != config:
+        if {**state["config"], "epochs": epochs} != config:  # more epochs may be asked for on resume
             raise ValueError(f"checkpoint {checkpoint} was written by a different configuration: {state['config']}")
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
