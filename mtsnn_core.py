@@ -636,8 +636,12 @@ def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, dev
 
 
 def _train_quietly(kwargs):
+    before = torch.get_num_threads()
     torch.set_num_threads(kwargs.pop("threads"))
-    return to_json(train(**kwargs))
+    try:
+        return to_json(train(**kwargs))
+    finally:
+        torch.set_num_threads(before)
 
 
 def train_sweep(configs, processes=2, threads=None, **common):
@@ -649,10 +653,10 @@ def train_sweep(configs, processes=2, threads=None, **common):
     GPU the workers' small kernels overlap. processes=1 runs them one after another in this process.
     """
     runs = [dict(common, **c) for c in configs]
+    threads = threads or max(1, torch.get_num_threads() // max(processes, 1))
     if processes <= 1:
-        return [to_json(train(**r)) for r in runs]
+        return [_train_quietly(dict(r, threads=threads)) for r in runs]
     import multiprocessing as mp
-    threads = threads or max(1, torch.get_num_threads() // processes)
     with mp.get_context("spawn").Pool(processes) as pool:
         return pool.map(_train_quietly, [dict(r, threads=threads, progress=False) for r in runs], chunksize=1)
 
@@ -686,10 +690,11 @@ def result_row(name, results, paper_accuracy=None, **extra):
     acc = [r["test_accuracy"] for r in results]
     mean = sum(acc) / len(acc)
     std = math.sqrt(sum((a - mean) ** 2 for a in acc) / (len(acc) - 1)) if len(acc) > 1 else 0.0
-    return dict(name=name, dataset=results[0]["dataset_variant"], network=cfg["spec"], T=cfg["T"],
-                s_max=cfg.get("s_max", 15), surrogate=cfg.get("surrogate", "f2"), alpha_w=cfg.get("alpha_w", 20.0),
-                epochs=cfg["epochs"], seeds=[r["config"]["seed"] for r in results], accuracy=acc,
-                accuracy_mean=mean, accuracy_std=std, paper_accuracy=paper_accuracy, **extra)
+    row = dict(name=name, dataset=results[0]["dataset_variant"], network=cfg["spec"], T=cfg["T"],
+               s_max=cfg.get("s_max", 15), surrogate=cfg.get("surrogate", "f2"), alpha_w=cfg.get("alpha_w", 20.0),
+               epochs=cfg["epochs"], seeds=[r["config"]["seed"] for r in results], accuracy=acc,
+               accuracy_mean=mean, accuracy_std=std, paper_accuracy=paper_accuracy)
+    return {**row, **extra}  # extra fields, e.g. the swept parameter, may also restate a standard one
 
 
 def write_results(notebook, profile, rows, runtime_s, figures_dir, device, **extra):
