@@ -1,0 +1,488 @@
+"""ANN -> SNN conversion baseline: plain rate conversion, BSNN's bistable and synchronous neurons,
+and a multi-threshold IF conversion target.
+
+The conversion paper (Li, Zhao & Zeng 2021, *BSNN*, arXiv 2105.12917) is known only by its
+abstract; every dynamic below is our reading of it and is stated where it is implemented.
+Contents, top to bottom:
+
+1. `train_ann`: the ReLU network of `mt.build_net(..., activation=nn.ReLU)` (or `ResNet`) trained
+   with cross-entropy + Adam on the on-device data
+2. `ResNet`: basic blocks, identity / 1x1 shortcuts, batch norm (folded away before conversion)
+3. the spiking layers: `IFLayer` (integrate-and-fire, soft reset, optional multi-threshold and
+   bistable phases), `SpikePool`, `Synchronous` (the delay line on a shortcut), `Readout`
+4. `convert`: threshold balancing from the p-th percentile of each layer's ANN activations
+5. `evaluate_conversion`: one T_max-step run gives the accuracy at every T in `T_READ`, the
+   agreement with the ANN and the spikes of inactivated neurons (SIN) per layer
+
+Conventions. A spiking layer's output is its spike count times the value one spike carries,
+theta/s_max (theta = the layer's balanced threshold): this is the same as Diehl/Rueckauer weight
+normalisation (W_l * theta_{l-1}/theta_l, threshold 1) without touching the weights. Time is run
+in chunks of `chunk` steps: every layer runs all steps of a chunk before the next layer, the
+synaptic layers once on [steps*batch, ...]; only the neurons loop over time (elementwise).
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import mtsnn_core as mt
+
+T_READ = tuple(2 ** k for k in range(9))  # 1, 2, 4, ..., 256
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. The ANN
+# ----------------------------------------------------------------------------------------------
+
+
+def ann_net(spec, in_shape, n_classes=10):
+    """`mt.build_net(spec, in_shape, n_classes, activation=nn.ReLU)` with the ReLU after the
+    classifier removed: its pre-activations are the logits (cross-entropy needs negative logits,
+    and the converted SNN reads the classifier's accumulated current, which has no ReLU either)."""
+    net = mt.build_net(spec, in_shape, n_classes, activation=nn.ReLU)
+    assert isinstance(net.rest[-1], nn.ReLU)
+    net.rest[-1] = nn.Identity()
+    return net
+
+
+@torch.no_grad()
+def ann_accuracy(net, data, batch_size=1000):
+    """Test accuracy (%) of an ANN; `net(x, 1)[0]` are the logits."""
+    net.eval()
+    correct = sum((net(data.x[i:i + batch_size], 1)[0].argmax(1) == data.y[i:i + batch_size]).sum().item()
+                  for i in range(0, len(data), batch_size))
+    return 100.0 * correct / len(data)
+
+
+def train_ann(spec, train_ds, test_ds, epochs=2, lr=1e-3, seed=0, batch_size=128, augment=True,
+              progress=False):
+    """Train the ReLU network `spec` (a string in the paper's notation, or a module such as
+    `ResNet` whose `forward(x, 1)[0]` gives logits) with cross-entropy and Adam. Shuffling and
+    crop augmentation (`Dataset.augment`) draw from a generator seeded with (seed, epoch), as in
+    `mt.train`. Returns (model in eval mode, test accuracy %, history of per-epoch rows)."""
+    torch.manual_seed(seed)
+    device = train_ds.x.device
+    net = (ann_net(spec, train_ds.x.shape[1:]) if isinstance(spec, str) else spec).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    steps, history = math.ceil(len(train_ds) / batch_size), []
+    for epoch in range(epochs):
+        t0, net = time.time(), net.train()
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order = torch.randperm(len(train_ds), generator=g).to(device)
+        losses = torch.zeros(steps, device=device)
+        for step in range(steps):
+            idx = order[step * batch_size:(step + 1) * batch_size]
+            xb = train_ds.augment(train_ds.x[idx], g) if augment else train_ds.x[idx]
+            loss = F.cross_entropy(net(xb, 1)[0], train_ds.y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses[step] = loss.detach()
+        history.append(dict(epoch=epoch + 1, loss=losses.mean().item(), test_accuracy=ann_accuracy(net, test_ds),
+                            seconds=time.time() - t0))
+        if progress:
+            print("epoch {epoch:3d}  loss {loss:.4f}  test {test_accuracy:6.2f} %  {seconds:5.1f} s".format(**history[-1]))
+    return net.eval(), history[-1]["test_accuracy"], history
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. A small ResNet (He et al. 2016, CIFAR variant) for the synchronous neurons
+# ----------------------------------------------------------------------------------------------
+
+
+def _conv_bn(cin, cout, k, stride):
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout))
+
+
+class BasicBlock(nn.Module):
+    """relu2(conv2(relu1(conv1(x))) + shortcut(x)); the shortcut is the identity, or a 1x1 conv
+    when the block changes width or stride. Residual path: 2 layers; shortcut: 0 or 1."""
+
+    def __init__(self, cin, cout, stride=1):
+        super().__init__()
+        self.conv1, self.relu1 = _conv_bn(cin, cout, 3, stride), nn.ReLU()
+        self.conv2 = _conv_bn(cout, cout, 3, 1)
+        self.shortcut = nn.Identity() if stride == 1 and cin == cout else _conv_bn(cin, cout, 1, stride)
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x):
+        return self.relu2(self.conv2(self.relu1(self.conv1(x))) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """Stem conv -> stages of basic blocks (stride 2 between stages) -> global average -> linear.
+    `ResNet(3, (16, 32, 64), 3)` is ResNet-20. `stem_stride=2` halves the image first (cheap
+    quick runs). `forward(x, T=1)` returns logits of shape [1, B, n_classes], like a SpikingNet."""
+
+    def __init__(self, in_channels=3, widths=(16, 32, 64), blocks_per_stage=3, n_classes=10, stem_stride=1):
+        super().__init__()
+        self.stem, self.relu = _conv_bn(in_channels, widths[0], 3, stem_stride), nn.ReLU()
+        blocks, cin = [], widths[0]
+        for i, w in enumerate(widths):
+            for j in range(blocks_per_stage):
+                blocks.append(BasicBlock(cin, w, 2 if i > 0 and j == 0 else 1))
+                cin = w
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, n_classes))
+
+    def forward(self, x, T=1):
+        return self.head(self.blocks(self.relu(self.stem(x)))).unsqueeze(0)
+
+
+def fold_bn(conv_bn):
+    """Conv followed by BatchNorm (eval statistics) as one Conv2d with bias."""
+    if isinstance(conv_bn, nn.Identity):
+        return conv_bn
+    conv, bn = conv_bn
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    out = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=True)
+    out.weight.data = conv.weight * scale.view(-1, 1, 1, 1)
+    out.bias.data = bn.bias - bn.running_mean * scale + (conv.bias * scale if conv.bias is not None else 0)
+    return out.to(conv.weight.device)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Spiking layers. Each is stateful over the chunks of one run; `reset_state` starts a new run.
+# ----------------------------------------------------------------------------------------------
+
+
+def phase_gates(t0, steps, period, depth, device=None):
+    """Bistable phases of the layer at `depth` (0 = first spiking layer) for steps t0..t0+steps-1.
+
+    Time is cut into phases of `period` steps, p = t // period. The layer at depth d integrates in
+    phases p = d, d+2, d+4, ... and fires in phases d+1, d+3, ...; before phase d it is silent.
+    So layer d+1 integrates exactly while layer d fires, and each layer fires only what it
+    accumulated over a whole phase of its input. Returns boolean masks (integrate, fire)."""
+    rel = torch.arange(t0, t0 + steps, device=device) // period - depth
+    return (rel >= 0) & (rel % 2 == 0), (rel > 0) & (rel % 2 == 1)
+
+
+class IFLayer(nn.Module):
+    """Integrate-and-fire neurons (no leak), reset by subtraction, input [steps, B, ...].
+
+    Each spike carries q = theta/s_max; a neuron emits s = clamp(floor(u/q), 0, s_max) spikes per
+    step and keeps the residue u - s*q. s_max = 1: the classic IF neuron with threshold theta;
+    s_max = S: the multi-threshold neuron of the paper (eq. 5 with tau_m = inf, V_th = theta/S),
+    which can pass up to theta per step like the IF neuron but in S levels instead of one.
+    The membrane starts at u0*q.
+
+    `period` makes the neuron bistable (BSNN): it integrates only in its integrating phases
+    (input arriving during its firing phase is ignored), fires only in its firing phases (at most
+    s_max spikes per step, so up to period*s_max per phase); `keep_residue=False` clears the
+    membrane at the start of every integrating phase. `constant=True` (first layer, constant input
+    current, not bistable) uses the closed form N(t) = clamp(floor((u0*q + (t+1)*I)/q), 0, s_max*(t+1))
+    for the spike count up to step t instead of the time loop.
+
+    Statistics: `inactive` (boolean mask [B, ...] of neurons whose ANN activation is zero, set by
+    the caller) -> `spikes_total` and `spikes_inactive`, spike counts per step summed over the
+    batch and the neurons, accumulated over batches until `clear_stats`.
+    """
+
+    def __init__(self, theta, s_max=1, period=None, depth=0, keep_residue=True, constant=False, u0=0.0):
+        super().__init__()
+        self.theta, self.s_max, self.period, self.depth = float(theta), int(s_max), period, depth
+        self.keep_residue, self.constant, self.u0 = keep_residue, constant, u0
+        self.inactive, self.mask_pool = None, None
+        self.clear_stats()
+        self.reset_state()
+
+    def reset_state(self):
+        self.u, self.t = None, 0
+
+    def clear_stats(self):
+        self.spikes_total = self.spikes_inactive = None
+
+    def forward(self, x):
+        q, steps = self.theta / self.s_max, x.shape[0]
+        if self.u is None:  # the membrane in units of q: spikes are floor(u), the reset u -= s
+            self.u = torch.full_like(x[0], float(self.u0))
+        if self.constant and self.period is None:
+            s = self._closed_form(x[0] / q, steps)
+        else:
+            x, s = x / q, torch.empty_like(x)
+            if self.period is not None:
+                integ, fire = (m.tolist() for m in phase_gates(self.t, steps, self.period, self.depth))
+            for k in range(steps):
+                if self.period is None:
+                    self.u += x[k]
+                elif integ[k]:
+                    if not self.keep_residue and (self.t + k) % self.period == 0:
+                        self.u.zero_()
+                    self.u += x[k]
+                    s[k].zero_()
+                    continue
+                elif not fire[k]:
+                    s[k].zero_()
+                    continue
+                torch.floor(self.u, out=s[k]).clamp_(0, self.s_max)
+                self.u -= s[k]
+        self.t += steps
+        self._record(s)
+        return s.mul_(q)
+
+    def _closed_form(self, current, steps):
+        t = torch.arange(self.t, self.t + steps + 1, device=current.device, dtype=current.dtype)
+        t = t.view(-1, *[1] * current.dim())  # N(t0-1), ..., N(t0+steps-1) from t+1 = t0, ..., t0+steps
+        count = torch.floor(self.u0 + t * current).clamp_(min=0)
+        count = torch.minimum(count, self.s_max * t)
+        self.u = self.u0 + (self.t + steps) * current - count[-1]
+        return count.diff(dim=0)
+
+    def _record(self, s):
+        dims = tuple(range(1, s.dim()))
+        total = s.sum(dims).double()
+        if self.inactive is None:
+            inactive = torch.zeros_like(total)
+        else:  # spikes of neurons whose ANN activation is 0, per step, as one matrix product
+            inactive = torch.einsum("tbn,bn->t", s.flatten(2), self.inactive.flatten(1)).double()
+        if self.spikes_total is None:
+            self.spikes_total, self.spikes_inactive = total, inactive
+        elif len(self.spikes_total) < self.t:  # a later chunk of the same run
+            self.spikes_total = torch.cat([self.spikes_total, total])
+            self.spikes_inactive = torch.cat([self.spikes_inactive, inactive])
+        else:  # the same steps of another batch
+            self.spikes_total[self.t - len(s):self.t] += total
+            self.spikes_inactive[self.t - len(s):self.t] += inactive
+
+    def extra_repr(self):
+        return (f"theta={self.theta:.4g}, s_max={self.s_max}, period={self.period}, depth={self.depth}, "
+                f"keep_residue={self.keep_residue}, constant={self.constant}")
+
+
+class Synaptic(nn.Module):
+    """A stateless layer (conv, linear, flatten, average pool) run once on [steps*B, ...]."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        return self.layer(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+
+
+class SpikePool(nn.Module):
+    """Max pooling of spike trains: emits, at each step, the increase of the window's largest
+    cumulative spike count. Over any T steps it has emitted exactly max(window counts) — the
+    spikes of the window's most active neuron, as the ANN's max of rates — and never more than
+    one neuron's spikes per step (plain max of spikes per step over-counts)."""
+
+    def __init__(self, k):
+        super().__init__()
+        self.k = k
+        self.reset_state()
+
+    def reset_state(self):
+        self.count = self.pooled = None
+
+    def forward(self, x):
+        count = x.cumsum(0) + (self.count if self.count is not None else 0)
+        pooled = F.max_pool2d(count.flatten(0, 1), self.k).unflatten(0, x.shape[:2])
+        prev = self.pooled if self.pooled is not None else torch.zeros_like(pooled[0])
+        self.count, self.pooled = count[-1], pooled[-1]
+        return torch.diff(pooled, dim=0, prepend=prev.unsqueeze(0))
+
+
+class Synchronous(nn.Module):
+    """Synchronous neurons (SN): a delay line of `delay` steps on a shortcut. Output at step t is
+    the input at step t - delay (zero before), so the shortcut reaches a block's output neurons
+    in the same phase as the residual path."""
+
+    def __init__(self, delay):
+        super().__init__()
+        self.delay = int(delay)
+        self.reset_state()
+
+    def reset_state(self):
+        self.buffer = None
+
+    def forward(self, x):
+        if self.delay == 0:
+            return x
+        if self.buffer is None:
+            self.buffer = torch.zeros_like(x[:1]).expand(self.delay, *x.shape[1:])
+        joined = torch.cat([self.buffer, x])
+        self.buffer = joined[-self.delay:]
+        return joined[:x.shape[0]]
+
+
+class SpikingBlock(nn.Module):
+    """A converted BasicBlock: if_b(conv2(if_a(conv1(x))) + sync(shortcut(x)))."""
+
+    def __init__(self, conv1, if_a, conv2, shortcut, sync, if_b):
+        super().__init__()
+        self.conv1, self.if_a, self.conv2, self.if_b = Synaptic(conv1), if_a, Synaptic(conv2), if_b
+        self.shortcut, self.sync = Synaptic(shortcut), sync
+
+    def forward(self, x):
+        return self.if_b(self.conv2(self.if_a(self.conv1(x))) + self.sync(self.shortcut(x)))
+
+
+class ConvertedSNN(nn.Module):
+    """first (run once on the image: constant input current) -> spiking stages -> readout.
+
+    The readout is the classifier's input current summed over the steps (no spiking output). A
+    bistable network's readout integrates only in the integrating phases at `readout_depth`."""
+
+    def __init__(self, first, stages, readout, readout_depth, period=None):
+        super().__init__()
+        self.first, self.stages, self.readout = first, nn.Sequential(*stages), Synaptic(readout)
+        self.readout_depth, self.period = readout_depth, period
+
+    def if_layers(self):
+        return [m for m in self.modules() if isinstance(m, IFLayer)]
+
+    @torch.no_grad()
+    def forward(self, images, T=256, chunk=32):
+        """The accumulated readout after every step: [T, B, n_classes]."""
+        for m in self.modules():
+            if hasattr(m, "reset_state") and m is not self:
+                m.reset_state()
+        current, out = self.first(images), []
+        for t0 in range(0, T, chunk):
+            steps = min(chunk, T - t0)
+            y = self.readout(self.stages(current.unsqueeze(0).expand(steps, *current.shape)))
+            if self.period is not None:
+                integ, _ = phase_gates(t0, steps, self.period, self.readout_depth, y.device)
+                y = y * integ.view(-1, 1, 1)
+            out.append(y)
+        return torch.cat(out).cumsum(0)
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Conversion: threshold balancing
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def relu_activations(net, x, batch_size=500):
+    """{ReLU module: its outputs on x (concatenated over batches)} from one ANN pass."""
+    acts, hooks, timed = {}, [], isinstance(net, mt.SpikingNet)  # a SpikingNet's layers see [T=1, B, ...]
+    for m in net.modules():
+        if isinstance(m, nn.ReLU):
+            hooks.append(m.register_forward_hook(lambda mod, i, o: acts.setdefault(mod, []).append(o[0] if timed else o)))
+    try:
+        net.eval()
+        for i in range(0, len(x), batch_size):
+            net(x[i:i + batch_size], 1)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {m: torch.cat(v) for m, v in acts.items()}
+
+
+def percentile_threshold(act, p=99.9, max_values=2_000_000, seed=0):
+    """The p-th percentile of the positive values of `act` (a random sample of at most
+    `max_values` of them). Zeros are left out, as in Rueckauer et al. 2017's SNN toolbox: most
+    ReLU outputs are zero and would drag a percentile of everything down."""
+    v = act[act > 0].flatten().float()
+    if len(v) == 0:
+        return 1.0
+    if len(v) > max_values:
+        v = v[torch.randperm(len(v), generator=torch.Generator().manual_seed(seed))[:max_values].to(v.device)]
+    return torch.quantile(v, p / 100.0).item()
+
+
+@torch.no_grad()
+def convert(ann, calib_x, percentile=99.9, s_max=1, period=None, keep_residue=True, sync=True, u0=0.0):
+    """Convert a trained ANN (from `ann_net`/`train_ann`, or a `ResNet`) into a `ConvertedSNN`.
+
+    Every ReLU becomes an `IFLayer` with threshold theta = the `percentile`-th percentile of that
+    ReLU's positive outputs on `calib_x` (training images). `s_max` > 1 gives multi-threshold
+    neurons (spike value theta/s_max); `period` makes them bistable. Max pooling becomes
+    `SpikePool`. In a ResNet, `sync=True` delays each shortcut by the residual path's extra
+    latency: one spiking layer (if_a) more than the shortcut, i.e. one phase = `period` steps when
+    bistable, 0 steps otherwise (the plain IF network has no per-layer delay)."""
+    theta = {m: percentile_threshold(a, percentile) for m, a in relu_activations(ann, calib_x).items()}
+    depth = iter(range(10_000))
+    make = lambda relu, first=False: IFLayer(theta[relu], s_max, period, next(depth), keep_residue,
+                                             constant=first, u0=u0)
+    ifs = {}
+    if isinstance(ann, ResNet):
+        first = fold_bn(ann.stem)
+        stages = [make(ann.relu, first=True)]
+        for b in ann.blocks:
+            if_a = make(b.relu1)
+            if_b = make(b.relu2)
+            delay = (period or 0) if sync else 0
+            stages.append(SpikingBlock(fold_bn(b.conv1), if_a, fold_bn(b.conv2), fold_bn(b.shortcut),
+                                       Synchronous(delay), if_b))
+            ifs.update({if_a: b.relu1, if_b: b.relu2})
+        ifs[stages[0]] = ann.relu
+        readout = ann.head
+    else:
+        first, stages, layers = ann.first, [], [m.layer if isinstance(m, mt.TimeFolded) else m for m in ann.rest]
+        *layers, readout = [m for m in layers if not isinstance(m, nn.Identity)]
+        for m in layers:
+            if isinstance(m, nn.ReLU):
+                stages.append(make(m, first=not stages))
+                ifs[stages[-1]] = m
+            elif isinstance(m, nn.MaxPool2d):
+                stages.append(SpikePool(m.kernel_size))
+            else:
+                stages.append(Synaptic(m))
+        if isinstance(stages[1], SpikePool) and (period is None or keep_residue):
+            # The first layer's cumulative spike count is a non-decreasing function of its constant
+            # input current, so max pooling commutes with it: pool the current, then fire (4x fewer
+            # neurons). The SIN statistics of that layer then refer to the pooled units.
+            first = nn.Sequential(first, nn.MaxPool2d(stages[1].k))
+            stages[0].mask_pool = stages.pop(1).k
+    snn = ConvertedSNN(first, stages, readout, next(depth), period)
+    snn.relu_of = ifs  # IF layer -> the ANN ReLU it replaces (for the SIN statistics)
+    return snn.eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Evaluation: every T of T_READ from one run
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate_conversion(snn, ann, data, T_read=T_READ, batch_size=250, chunk=32):
+    """Run `snn` for max(T_read) steps on every image of `data` and read the accumulated output at
+    each T in T_read. Returns dict(accuracy={T: %}, agreement={T: % same class as the ANN},
+    ann_accuracy, sin={T: [per IF layer: fraction of spikes up to T emitted by neurons whose ANN
+    activation is 0]}, rate=[per IF layer: spikes per neuron per step over T_max], seconds)."""
+    t0, T, ifs = time.time(), max(T_read), snn.if_layers()
+    idx = torch.tensor([t - 1 for t in T_read], device=data.x.device)
+    correct, agree, ann_correct, neurons = torch.zeros(len(T_read)), torch.zeros(len(T_read)), 0, [0] * len(ifs)
+    for m in ifs:
+        m.clear_stats()
+    for i in range(0, len(data), batch_size):
+        x, y = data.x[i:i + batch_size], data.y[i:i + batch_size]
+        acts = relu_activations(ann, x, batch_size)
+        for k, m in enumerate(ifs):
+            a = acts[snn.relu_of[m]]
+            m.inactive = ((F.max_pool2d(a, m.mask_pool) if m.mask_pool else a) <= 0).float()
+            neurons[k] += m.inactive[0].numel() * len(x)
+        ann_pred = ann(x, 1)[0].argmax(1)
+        pred = snn(x, T, chunk)[idx].argmax(2)  # [len(T_read), B]
+        correct += (pred == y).sum(1).cpu()
+        agree += (pred == ann_pred).sum(1).cpu()
+        ann_correct += (ann_pred == y).sum().item()
+    n = len(data)
+    sin = {t: [(m.spikes_inactive[:t].sum() / m.spikes_total[:t].sum().clamp(min=1)).item() for m in ifs] for t in T_read}
+    rate = [(m.spikes_total.sum() / (nn_ * T)).item() for m, nn_ in zip(ifs, neurons)]
+    for m in ifs:
+        m.inactive = None
+    return dict(accuracy={t: 100.0 * c.item() / n for t, c in zip(T_read, correct)},
+                agreement={t: 100.0 * a.item() / n for t, a in zip(T_read, agree)},
+                ann_accuracy=100.0 * ann_correct / n, sin=sin, rate=rate, seconds=time.time() - t0)
+
+
+def first_T_reaching(accuracy, target):
+    """The smallest T whose accuracy is >= target, or None."""
+    return next((t for t, a in sorted(accuracy.items()) if a >= target), None)
+
+
+def result_rows(method, result, spec, dataset_variant, epochs, s_max=1, **extra):
+    """One `mt.result_row` per T of an `evaluate_conversion` result, with "method" and "T"."""
+    rows = []
+    for T, acc in result["accuracy"].items():
+        run = dict(config=dict(spec=spec, T=T, epochs=epochs, seed=0, s_max=s_max, surrogate=None, alpha_w=None),
+                   dataset_variant=dataset_variant, test_accuracy=acc)
+        rows.append(mt.result_row(f"{method}, T={T}", [run], method=method, agreement=result["agreement"][T], **extra))
+    return rows

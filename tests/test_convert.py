@@ -1,0 +1,135 @@
+"""Unit tests of the ANN -> SNN conversion baseline (mtsnn_convert).
+
+Expected values are written out by hand (a NumPy IF neuron, delays, phase windows); the one
+end-to-end check trains a tiny network on 2000 MNIST images (skipped without $MTSNN_DATA).
+Run: MTSNN_DATA=/path/to/data .venv/bin/python -m pytest tests/test_convert.py
+"""
+import os
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # before torch: idle threads sleep (shared CPUs)
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import mtsnn_convert as mc
+import mtsnn_core as mt
+
+DATA = mt.data_root()
+needs_mnist = pytest.mark.skipif(not (DATA / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").exists(),
+                                 reason=f"MNIST not under {DATA} (set MTSNN_DATA)")
+
+
+def ref_if(x, theta, s_max=1):
+    """IF neuron step by step (float64): u += x[t]; s = clamp(floor(u/q), 0, S); u -= s*q, q = theta/S."""
+    q, u, out = theta / s_max, np.zeros_like(x[0]), np.zeros_like(x)
+    for t in range(len(x)):
+        u = u + x[t]
+        out[t] = np.clip(np.floor(u / q), 0, s_max)
+        u = u - out[t] * q
+    return out
+
+
+@pytest.mark.parametrize("s_max", [1, 4])
+def test_if_layer_matches_hand_written_neuron(s_max):
+    x = torch.randn(40, 3, 7, dtype=torch.float64) * 0.8 + 0.2
+    layer = mc.IFLayer(theta=1.3, s_max=s_max)
+    out = torch.cat([layer(x[:16]), layer(x[16:])])  # two chunks: the membrane carries over
+    np.testing.assert_array_equal(out.numpy() / (1.3 / s_max), ref_if(x.numpy(), 1.3, s_max))
+
+
+@pytest.mark.parametrize("s_max", [1, 3])
+def test_constant_input_closed_form_equals_time_loop(s_max):
+    current = torch.linspace(-1.0, 5.0, 301, dtype=torch.float64) + 1e-6  # stay off exact integer boundaries
+    x = current.expand(50, -1)
+    closed = mc.IFLayer(1.0, s_max, constant=True)
+    out = torch.cat([closed(x[:20]), closed(x[20:])]).numpy()
+    np.testing.assert_array_equal(out * s_max, ref_if(x.numpy(), 1.0, s_max))
+    assert out.max() == 1.0  # saturated neurons emit theta per step (s_max spikes of theta/s_max)
+
+
+def test_threshold_is_the_percentile_of_positive_activations():
+    act = torch.cat([torch.zeros(50_000), torch.rand(100_000) * 4.0])  # uniform on (0, 4): p-th percentile = 4p/100
+    for p in (90.0, 99.0, 99.9):
+        theta = mc.percentile_threshold(act, p)
+        assert theta == pytest.approx(4 * p / 100, abs=0.02)
+        assert (act[act > 0] <= theta).float().mean().item() == pytest.approx(p / 100, abs=1e-3)
+
+
+def test_convert_sets_each_layers_threshold_at_the_percentile():
+    torch.manual_seed(0)
+    ann = mc.ann_net("4C5-P2-16", (1, 12, 12))
+    x = torch.randn(300, 1, 12, 12)
+    snn = mc.convert(ann, x, percentile=95.0)
+    acts = mc.relu_activations(ann, x)
+    for layer in snn.if_layers():
+        a = acts[snn.relu_of[layer]]
+        assert a.shape[0] == 300  # the time dimension of the SpikingNet is dropped
+        frac = (a[a > 0] <= layer.theta).float().mean().item()
+        assert frac == pytest.approx(0.95, abs=2e-3)
+
+
+def test_synchronous_neuron_delays_by_exactly_d_steps():
+    x = torch.randn(23, 2, 5)
+    for d in (0, 1, 4, 9):
+        sn = mc.Synchronous(d)
+        out = torch.cat([sn(x[:10]), sn(x[10:])])  # across a chunk boundary
+        assert torch.equal(out[d:], x[:23 - d])
+        assert torch.equal(out[:d], torch.zeros_like(out[:d]))
+
+
+def test_resnet_shortcut_gets_one_phase_of_delay_only_when_synchronised():
+    net = mc.ResNet(1, (4, 8), 1, stem_stride=2).eval()
+    x = torch.randn(20, 1, 12, 12)
+    delays = lambda snn: [m.delay for m in snn.modules() if isinstance(m, mc.Synchronous)]
+    assert delays(mc.convert(net, x, period=5, sync=True)) == [5, 5]
+    assert delays(mc.convert(net, x, period=5, sync=False)) == [0, 0]
+    assert delays(mc.convert(net, x, sync=True)) == [0, 0]
+
+
+@pytest.mark.parametrize("depth", [0, 2])
+def test_bistable_neuron_fires_only_in_its_firing_phase(depth):
+    period, T = 4, 48
+    layer = mc.IFLayer(theta=1.0, period=period, depth=depth)
+    x = torch.rand(T, 64, generator=torch.Generator().manual_seed(depth)) * 0.9 + 0.3  # a plain IF neuron fires at once
+    spikes = torch.cat([layer(x[:13]), layer(x[13:])])
+    phase = torch.arange(T) // period - depth
+    firing = (phase > 0) & (phase % 2 == 1)
+    assert spikes[~firing].abs().sum() == 0  # nothing while integrating, nor before its first input
+    assert (spikes[firing].view(-1, period, 64).sum((1, 2)) > 0).all()  # and it does fire in every firing phase
+    # it fires what one integrating phase accumulated: spikes in a firing phase <= period (s_max 1)
+    assert spikes[firing].view(-1, period, 64).sum(1).max() <= period
+
+
+def test_bistable_neuron_ignores_negative_net_input():
+    """A neuron whose input sums to a negative value over the phase must stay silent, even if the
+    positive part arrives first (phase lead: the plain IF neuron fires on it)."""
+    x = torch.cat([torch.full((4, 1), 2.0), torch.full((4, 1), -3.0)]).repeat(4, 1)  # mean -0.5
+    plain = mc.IFLayer(1.0)(x)
+    assert plain.sum() > 0  # spikes of an inactivated neuron (SIN)
+    bistable = mc.IFLayer(1.0, period=8)(x)
+    assert bistable.sum() == 0
+
+
+def test_spike_pool_emits_the_max_count():
+    torch.manual_seed(1)
+    s = (torch.rand(30, 2, 3, 4, 4) < torch.rand(1, 2, 3, 4, 4)).float()
+    pool = mc.SpikePool(2)
+    out = torch.cat([pool(s[:11]), pool(s[11:])])
+    assert torch.equal(out.cumsum(0), nn.functional.max_pool2d(s.cumsum(0).flatten(0, 1), 2).unflatten(0, (30, 2)))
+    assert out.min() >= 0 and out.max() <= 1
+
+
+@needs_mnist
+def test_conversion_reproduces_the_ann_as_T_grows():
+    train = mt.load_dataset("mnist", True, subset=2000)
+    test = mt.load_dataset("mnist", False, subset=300)
+    ann, acc, _ = mc.train_ann("4C5-P2-32", train, test, epochs=2, lr=3e-3)
+    assert acc > 70
+    snn = mc.convert(ann, train.x[:500], percentile=100.0)
+    r = mc.evaluate_conversion(snn, ann, test, T_read=(1, 4, 16, 64, 256, 1024), batch_size=300, chunk=128)
+    agree = r["agreement"]
+    assert agree[1] < 90 < agree[64]
+    assert agree[16] <= agree[256] + 1 and agree[4] < agree[256]
+    assert agree[1024] >= 99.0
+    assert r["ann_accuracy"] == pytest.approx(mc.ann_accuracy(ann, test))
