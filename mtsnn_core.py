@@ -480,22 +480,28 @@ def _load_cifar10(train, root):
         if _sha256(jpeg / s) != _CIFAR_JPEG_SHA256[s]:
             raise DatasetError(f"cifar10: {jpeg / s} does not match its sha256 {_CIFAR_JPEG_SHA256[s]} (SHA256SUMS)")
     cache = _cache_dir() / f"cifar10-jpeg75-{'train' if train else 'test'}-{_CIFAR_JPEG_SHA256[shards[0]][:12]}.pt"
-    if cache.exists():
-        x, y = torch.load(cache)
-        return x, y, "cifar10-jpeg75"
+    if not cache.exists():
+        _decode_jpeg_shards([jpeg / s for s in shards], cache)
+    x, y = torch.load(cache)
+    if not train:  # the copy's test images are sorted by class: a fixed shuffle lets a test subset hold every class
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+        x, y = x[order], y[order]
+    return x, y, "cifar10-jpeg75"
+
+
+def _decode_jpeg_shards(shards, cache):
+    """Decode the JPEG-75 tar shards once into one uint8 tensor file (class = folder name)."""
     from torchvision.io import decode_jpeg
     images, labels = [], []
-    for s in shards:  # decoded once, then cached as one uint8 tensor
-        with tarfile.open(jpeg / s) as tar:
+    for s in shards:
+        with tarfile.open(s) as tar:
             for member in tar:
                 if member.isfile() and member.name.endswith(".jpg"):
                     data = torch.frombuffer(bytearray(tar.extractfile(member).read()), dtype=torch.uint8)
                     images.append(decode_jpeg(data))
                     labels.append(_CIFAR_CLASSES.index(member.name.split("/")[-2]))
-    x, y = torch.stack(images), torch.tensor(labels)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save((x, y), cache)
-    return x, y, "cifar10-jpeg75"
+    torch.save((torch.stack(images), torch.tensor(labels)), cache)
 
 
 def load_dataset(name, train, root=None, device="cpu", subset=None):
@@ -506,7 +512,8 @@ def load_dataset(name, train, root=None, device="cpu", subset=None):
     checksums. CIFAR-10 falls back to the lossy `cifar-10-jpeg75/` copy (variant
     "cifar10-jpeg75", with a warning). A missing dataset is downloaded by torchvision where the
     network allows; otherwise a DatasetError names the folder searched and the files expected.
-    `subset=n` keeps the first n images (the files' own order).
+    `subset=n` keeps the first n images (the files' own order; the JPEG copy's test set, sorted by
+    class there, is put in a fixed shuffled order first).
     """
     if name not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
