@@ -33,7 +33,7 @@ def stamp(path, profile, overrides):
     extra = "".join(f" -p {k} {v!r}" for k, v in overrides.items())
     line = (f"**Stored outputs:** profile `{profile}`{', with ' + extra.strip() if extra else ''}, {device}, "
             f"{seconds / 60:.1f} min, run {datetime.date.today().isoformat()} by "
-            f"`python tools/run_notebook.py --profile {profile}{extra}`.")
+            f"`python tools/run_notebook.py --profile {profile}{extra} notebooks/{path.name}`.")
     first = nb.cells[0]
     first.source = STAMP.sub(line, first.source) if STAMP.search(first.source) else first.source + "\n\n" + line
     nbformat.write(nb, path)
