@@ -8,12 +8,13 @@ backpropagation for ultra-low-latency spiking neural networks with multi-thresho
 2. the multi-threshold LIF neuron (eqs. 1-5) and its backward pass (eqs. 9-13)
 3. `build_net`, which parses the paper's network notation ("15C5-P2-40C5-P2-300")
 4. datasets held on the device as one tensor, augmented on the device
-5. `train`: Adam + MSE on output spikes (eq. 6), per-epoch evaluation, checkpoint/resume
-6. metrics: firing rates and synaptic operations (energy estimate)
+5. `train`: Adam + MSE on output spikes (eq. 6), per-epoch evaluation, checkpoint/resume;
+   `train_sweep` for independent runs side by side
+6. reporting: table rows as JSON, accuracy curves
+7. `energy_report`: firing rates and synaptic operations of a test pass (energy estimate)
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import math
@@ -22,7 +23,7 @@ import re
 import tarfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
