@@ -253,17 +253,6 @@ class IFLayer(nn.Module):
                 f"keep_residue={self.keep_residue}, constant={self.constant}")
 
 
-class Synaptic(nn.Module):
-    """A stateless layer (conv, linear, flatten, average pool) run once on [steps*B, ...]."""
-
-    def __init__(self, layer):
-        super().__init__()
-        self.layer = layer
-
-    def forward(self, x):
-        return self.layer(x.flatten(0, 1)).unflatten(0, x.shape[:2])
-
-
 class SpikePool(nn.Module):
     """Max pooling of spike trains: emits, at each step, the increase of the window's largest
     cumulative spike count. Over any T steps it has emitted exactly max(window counts) — the
@@ -314,8 +303,8 @@ class SpikingBlock(nn.Module):
 
     def __init__(self, conv1, if_a, conv2, shortcut, sync, if_b):
         super().__init__()
-        self.conv1, self.if_a, self.conv2, self.if_b = Synaptic(conv1), if_a, Synaptic(conv2), if_b
-        self.shortcut, self.sync = Synaptic(shortcut), sync
+        self.conv1, self.if_a, self.conv2, self.if_b = mt.TimeFolded(conv1), if_a, mt.TimeFolded(conv2), if_b
+        self.shortcut, self.sync = mt.TimeFolded(shortcut), sync
 
     def forward(self, x):
         return self.if_b(self.conv2(self.if_a(self.conv1(x))) + self.sync(self.shortcut(x)))
@@ -329,7 +318,7 @@ class ConvertedSNN(nn.Module):
 
     def __init__(self, first, stages, readout, readout_depth, period=None):
         super().__init__()
-        self.first, self.stages, self.readout = first, nn.Sequential(*stages), Synaptic(readout)
+        self.first, self.stages, self.readout = first, nn.Sequential(*stages), mt.TimeFolded(readout)
         self.readout_depth, self.period = readout_depth, period
 
     def if_layers(self):
@@ -423,7 +412,7 @@ def convert(ann, calib_x, percentile=99.9, s_max=1, period=None, keep_residue=Tr
             elif isinstance(m, nn.MaxPool2d):
                 stages.append(SpikePool(m.kernel_size))
             else:
-                stages.append(Synaptic(m))
+                stages.append(mt.TimeFolded(m))
         if isinstance(stages[1], SpikePool) and (period is None or keep_residue):
             # The first layer's cumulative spike count is a non-decreasing function of its constant
             # input current, so max pooling commutes with it: pool the current, then fire (4x fewer

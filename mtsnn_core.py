@@ -166,7 +166,7 @@ class MultiThresholdLIF(nn.Module):
 
     `run(x)` gives the same forward without autograd and also returns the pre-reset potentials h.
     After each forward, `firing_rate` holds the mean spike count per neuron per step (detached)
-    and `spike_sum` the total spike count, for the metrics in section 6.
+    and `spike_sum` the total spike count.
     """
 
     def __init__(self, v_th=10.0, tau_m=10.0, s_max=15, surrogate="f2", alpha_h=1.0,
