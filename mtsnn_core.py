@@ -116,6 +116,8 @@ class _MultiThresholdFire(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, neuron):
         spikes, h_all = neuron.run(x)
+        if neuron.keep_residual:  # the output layer's, for the readout's tie rule
+            neuron.residual = h_all[-1] - spikes[-1] * neuron.v_th
         ctx.save_for_backward(h_all)
         ctx.neuron = neuron
         return spikes
@@ -166,7 +168,8 @@ class MultiThresholdLIF(nn.Module):
 
     `run(x)` gives the same forward without autograd and also returns the pre-reset potentials h.
     After each forward, `firing_rate` holds the mean spike count per neuron per step (detached)
-    and `spike_sum` the total spike count.
+    and `spike_sum` the total spike count; with `keep_residual` set (the output layer's neuron),
+    `residual` holds the membrane potential u[T-1] left after the last step.
     """
 
     def __init__(self, v_th=10.0, tau_m=10.0, s_max=15, surrogate="f2", alpha_h=1.0,
@@ -175,7 +178,8 @@ class MultiThresholdLIF(nn.Module):
         _check_neuron_args(v_th, tau_m, s_max, surrogate, reset_grad)
         self.v_th, self.tau_m, self.s_max = float(v_th), float(tau_m), s_max
         self.surrogate, self.alpha_h, self.alpha_w, self.reset_grad = surrogate, alpha_h, alpha_w, reset_grad
-        self.firing_rate = self.spike_sum = None
+        self.firing_rate = self.spike_sum = self.residual = None
+        self.keep_residual = False
 
     def surrogate_fn(self, h):
         return SURROGATES[self.surrogate](h, self.v_th, self.s_max, self.alpha_h, self.alpha_w)
@@ -228,8 +232,7 @@ class SpikingNet(nn.Module):
     `forward(images, T)` feeds the (normalised, real-valued) image as the same input current at
     every step (direct encoding): the first synaptic layer runs once on [B, ...] and its output
     is repeated over T. Returns the output layer's spikes, shape [T, B, n_classes], integers
-    0..S_max per step. The prediction is the class with the most output spikes over the T steps
-    (`predict`; ties go to the lower class index).
+    0..S_max per step; `predict` reads them out.
     """
 
     def __init__(self, spec, first, rest):
@@ -242,9 +245,16 @@ class SpikingNet(nn.Module):
         current = self.first(images)
         return self.rest(current.unsqueeze(0).expand(T, *current.shape))
 
-    @staticmethod
-    def predict(out_spikes):
-        return out_spikes.sum(0).argmax(1)
+    def predict(self, out_spikes):
+        """The class with the most output spikes over the T steps. Classes tied on spikes (all
+        silent, say) are told apart by the membrane potential each has left after the last step:
+        the one closest to its next spike wins, so the class order never decides. Call it right
+        after the forward pass that produced `out_spikes`."""
+        out = self.neurons()[-1]
+        if out.residual is None or out.residual.shape != out_spikes.shape[1:]:
+            raise ValueError("predict needs the output potentials of the forward pass that produced out_spikes")
+        # a count difference is >= 1, the tie-break term lies in (0, 0.5): it only orders equal counts
+        return (out_spikes.sum(0) + 0.5 * torch.sigmoid(out.residual / out.v_th)).argmax(1)
 
     def neurons(self):
         return [m for m in self.modules() if isinstance(m, MultiThresholdLIF)]
@@ -253,7 +263,8 @@ class SpikingNet(nn.Module):
 _TOKEN = re.compile(r"^(?:(\d+)C(\d+)|P(\d+)|(\d+))$")
 
 
-def build_net(spec, in_shape, n_classes, *, activation=None, init_gain=None, **neuron_kwargs):
+def build_net(spec, in_shape, n_classes, *, activation=None, init_gain=0.5, init_mean="output", init_std=None,
+              **neuron_kwargs):
     """Parse the paper's notation into a `SpikingNet`.
 
     Tokens, separated by '-': `NCk` a k x k convolution with N filters (stride 1; padding 1 for
@@ -267,14 +278,16 @@ def build_net(spec, in_shape, n_classes, *, activation=None, init_gain=None, **n
     takes the max of each window of spike counts: the result is again an integer spike map, so it
     needs no neuron of its own and the next layer still only accumulates.
 
-    Initialisation, our reading of eq. 17 (W ~ [V_th/N_{l-1}, 0.5]): W ~ Normal(mean =
-    V_th/N_{l-1}, std = init_gain * V_th/sqrt(N_{l-1})) with N_{l-1} the fan-in and bias 0. The
-    mean is the paper's; the spread scales with 1/sqrt(fan-in) so that a layer's input current has
-    a spread of about init_gain*V_th*rms(input) whatever its width (the literal std 0.5 drives the
-    16384-input layer of the CIFAR-10 net into saturation and leaves 5x5 convolutions on one
-    channel silent). init_gain defaults to 1.0 for the neuron (every layer of every paper network
-    fires, unsaturated, at initialisation: tests/test_core.py checks it); with `activation` the
-    layers keep PyTorch's default initialisation.
+    Initialisation, our reading of eq. 17 (W ~ [V_th/N_{l-1}, 0.5]; N_{l-1} the fan-in), bias 0:
+    W ~ Normal(mean, std = init_gain * V_th/sqrt(N_{l-1})). The spread
+    scales with 1/sqrt(fan-in) so that a layer's input current spreads by about
+    init_gain * V_th * rms(input) whatever its width (`init_std` instead sets one std for every
+    layer: 0.5 is eq. 17 read literally). The mean V_th/N_{l-1} goes to the output layer only
+    (`init_mean="output"`); hidden layers start with mean 0. With the mean in every layer
+    (`init_mean="all"`) the loss's first error, "fewer spikes" on 9 of 10 outputs, reaches every
+    weight with the same sign (spikes are never negative) and Adam silences whole layers in a few
+    steps; notebook 45 measures this. `train` then scales each layer to a stated firing rate
+    (`calibrate_init`). With `activation` the layers keep PyTorch's default initialisation.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"spec must be a non-empty string like '784-800-10', got {spec!r}")
@@ -297,9 +310,10 @@ def build_net(spec, in_shape, n_classes, *, activation=None, init_gain=None, **n
         neuron_kwargs.setdefault("v_th", 10.0)
         _check_neuron_args(**{k: v for k, v in neuron_kwargs.items() if k in ("v_th", "tau_m", "s_max", "surrogate", "reset_grad")})
         make_neuron = lambda: MultiThresholdLIF(**neuron_kwargs)
-        gain = 1.0 if init_gain is None else init_gain
     else:
-        make_neuron, gain = activation, init_gain
+        make_neuron = activation
+    if init_mean not in ("output", "all"):
+        raise ValueError(f"init_mean must be 'output' or 'all', got {init_mean!r}")
 
     layers = []
     for m in parsed:
@@ -323,12 +337,15 @@ def build_net(spec, in_shape, n_classes, *, activation=None, init_gain=None, **n
             shape = (int(n_fc),)
         if min(shape) < 1:
             raise ValueError(f"spec {spec!r} shrinks the input {tuple(in_shape)} to nothing at {m.group(0)}")
-        if gain is not None:
-            fan_in = layer.weight[0].numel()
-            v_th = neuron_kwargs["v_th"]
-            nn.init.normal_(layer.weight, mean=v_th / fan_in, std=gain * v_th / math.sqrt(fan_in))
+        if activation is None:
+            fan_in, v_th = layer.weight[0].numel(), neuron_kwargs["v_th"]
+            mean = v_th / fan_in if init_mean == "all" or m is parsed[-1] else 0.0
+            std = init_std if init_std is not None else init_gain * v_th / math.sqrt(fan_in)
+            nn.init.normal_(layer.weight, mean=mean, std=std)
             nn.init.zeros_(layer.bias)
         layers += [layer, make_neuron()]
+    if activation is None:
+        layers[-1].keep_residual = True  # the output neuron: `SpikingNet.predict` breaks ties with it
     n_first = next(i for i, l in enumerate(layers) if isinstance(l, (nn.Conv2d, nn.Linear))) + 1
     first = nn.Sequential(*layers[:n_first])  # runs once on [B, ...]: the input current is the same every step
     rest = nn.Sequential(*[TimeFolded(l) if not _is_neuron(l) else l for l in layers[n_first:]])
@@ -337,6 +354,37 @@ def build_net(spec, in_shape, n_classes, *, activation=None, init_gain=None, **n
 
 def _is_neuron(layer):
     return not isinstance(layer, (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.Flatten))
+
+
+@torch.no_grad()
+def calibrate_init(net, images, rate=1.0, output_rate=0.25, T=2):
+    """Scale each synaptic layer, bottom up, so that the neuron layer it feeds fires `rate` spikes
+    per neuron per step on average over `images` (the layers below already scaled), and the
+    output layer `output_rate`. Returns the factors.
+
+    The current into a layer is linear in its weights and a neuron's spike count grows with its
+    current, so a bisection on one factor per layer finds the rate. The output layer starts well
+    below S_max/n_classes = 1.5, the mean rate the loss asks of it: above that, "fewer spikes" on
+    the nine wrong classes outweighs "more spikes" on the right one, and Adam's first steps push
+    whole output neurons below threshold, where the surrogate is ~0 and none ever fires again."""
+    current = net.first(images)
+    x, factors = current.unsqueeze(0).expand(T, *current.shape), []
+    synapse, n_layers = net.first[-1], len(net.neurons())
+    for module in net.rest:
+        if isinstance(module, MultiThresholdLIF):
+            target = output_rate if len(factors) == n_layers - 1 else rate
+            lo, hi = -12.0, 12.0  # log2 of the factor
+            for _ in range(40):
+                mid = (lo + hi) / 2
+                lo, hi = (mid, hi) if module.run(x * 2 ** mid)[0].mean() < target else (lo, mid)
+            factor = 2 ** ((lo + hi) / 2)
+            synapse.weight.mul_(factor), synapse.bias.mul_(factor)
+            x = module.run(x * factor)[0]
+            factors.append(factor)
+        else:
+            x = module(x)
+            synapse = module.layer if isinstance(module, TimeFolded) else synapse
+    return factors
 
 
 # ----------------------------------------------------------------------------------------------
@@ -384,6 +432,12 @@ class Dataset:
 
     def __len__(self):
         return len(self.y)
+
+    def fingerprint(self):
+        """Variant, size and a hash of the labels and pixels: tells two datasets apart for resume."""
+        digest = hashlib.sha256(self.y.cpu().numpy().tobytes())
+        digest.update(self.x[:, :, ::4, ::4].float().cpu().numpy().tobytes())  # a pixel sample suffices
+        return f"{self.variant}:{len(self)}:{digest.hexdigest()[:16]}"
 
     def augment(self, xb, generator):
         """Random crop with zero-intensity padding (all datasets) and horizontal flip (CIFAR-10),
@@ -561,28 +615,68 @@ def spike_mse_loss(out_spikes, labels, s_max):
 
 @torch.no_grad()
 def evaluate(net, data, T, batch_size=1000):
-    """Test accuracy (%) over all of `data` and the mean firing rate of each neuron layer."""
+    """A test pass over all of `data`: a dict with
+
+    - `accuracy`: test accuracy (%);
+    - `firing_rate`: per neuron layer, the mean spike count per neuron per step;
+    - `silent_fraction`: per neuron layer, the fraction of its neurons (every unit of a feature
+      map counts) that never fired on any test image at any step;
+    - `silent_outputs`: the output neurons (class indices) that never fired;
+    - `output_silent`, `output_tied`: the fraction of test images whose output spike counts are
+      all zero, or whose largest count is shared by two or more classes (silent images included):
+      for those the readout's tie rule (`SpikingNet.predict`), not the network, picks the class.
+    """
     net.eval()
-    correct, rates = 0, torch.zeros(len(net.neurons()))
-    for i in range(0, len(data), batch_size):
-        out = net(data.x[i:i + batch_size], T)
-        correct += (net.predict(out) == data.y[i:i + batch_size]).sum().item()
-        rates += torch.stack([n.firing_rate for n in net.neurons()]).cpu() * len(out[0])
-    net.train()
-    return 100.0 * correct / len(data), (rates / len(data)).tolist()
+    neurons = net.neurons()
+    fired = [None] * len(neurons)
+
+    def record(i):
+        def hook(module, inputs, spikes):
+            ever = spikes.flatten(0, 1).amax(0) > 0
+            fired[i] = ever if fired[i] is None else fired[i] | ever
+        return hook
+
+    hooks = [n.register_forward_hook(record(i)) for i, n in enumerate(neurons)]
+    correct = silent = tied = 0
+    rates = torch.zeros(len(neurons))
+    try:
+        for i in range(0, len(data), batch_size):
+            out = net(data.x[i:i + batch_size], T)
+            correct += (net.predict(out) == data.y[i:i + batch_size]).sum().item()
+            rates += torch.stack([n.firing_rate for n in neurons]).cpu() * len(out[0])
+            counts = out.sum(0)
+            top = counts.amax(1, keepdim=True)
+            silent += (top == 0).sum().item()
+            tied += ((counts == top).sum(1) > 1).sum().item()
+    finally:
+        for h in hooks:
+            h.remove()
+        net.train()
+    n = len(data)
+    return dict(accuracy=100.0 * correct / n, firing_rate=(rates / n).tolist(),
+                silent_fraction=[1.0 - f.float().mean().item() for f in fired],
+                silent_outputs=(~fired[-1]).nonzero().flatten().tolist(),
+                output_silent=silent / n, output_tied=tied / n)
 
 
 def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, device="cpu",
           subset=None, test_subset=None, root=None, data=None, augment=True, checkpoint=None,
-          resume=False, progress=True, **neuron_kwargs):
+          resume=False, progress=True, init_rate=1.0, init_output_rate=0.25, **neuron_kwargs):
     """Train `build_net(spec, ...)` on `dataset` ("mnist", "fmnist", "cifar10") and return a JSON-able dict.
 
-    Adam (beta 0.9/0.999, eps 1e-8) on `spike_mse_loss`; the full test set (or `test_subset`) is
-    evaluated after every epoch. On the CPU, denormal floats are flushed to zero for speed. Shuffling and augmentation draw from a generator seeded with
+    The net is initialised by `build_net` and scaled by `calibrate_init` on the first 256 training
+    images so that hidden layers start at `init_rate` and the output layer at `init_output_rate`
+    spikes per neuron per step (init_rate=None: no scaling). Adam (beta 0.9/0.999, eps 1e-8) on
+    `spike_mse_loss`; the full test set (or `test_subset`) is evaluated after every epoch and each
+    history row carries `evaluate`'s silent-neuron and tie fractions. An output neuron that never
+    fires in a whole training epoch raises a warning naming it. On the CPU, denormal floats are
+    flushed to zero for speed. Shuffling and augmentation draw from a generator seeded with
     (seed, epoch), so a run resumed from its checkpoint (`checkpoint=path, resume=True`; written
-    after every epoch) ends with the same weights as an uninterrupted one. `data=(train, test)`
-    reuses already loaded `Dataset`s. A non-finite loss stops the run with a FloatingPointError
-    naming the epoch and step. `neuron_kwargs` go to every `MultiThresholdLIF`.
+    atomically after every epoch) ends with the same weights as an uninterrupted one; resume
+    refuses a checkpoint of another configuration (every default filled in), other data, or more
+    epochs than asked. `data=(train, test)` reuses already loaded `Dataset`s. A non-finite loss
+    stops the run with a FloatingPointError naming the epoch and step. `neuron_kwargs` go to
+    `build_net` (init_gain, init_mean, init_std) and every `MultiThresholdLIF`.
     """
     device = _check_device(device)
     if device.type == "cpu":
@@ -590,19 +684,30 @@ def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, dev
         # which x86 CPUs compute 10-100x more slowly (a CNN step: 0.15 s -> 1.3 s). Flush them to zero
         # (process-wide; no effect on the MLP results we checked, bit for bit).
         torch.set_flush_denormal(True)
-    config = dict(spec=spec, dataset=dataset, epochs=epochs, T=T, batch_size=batch_size, lr=lr,
-                  seed=seed, subset=subset, test_subset=test_subset, augment=augment, **neuron_kwargs)
+    model_kwargs = {**_keyword_defaults(MultiThresholdLIF.__init__), **_keyword_defaults(build_net), **neuron_kwargs}
+    config = dict(spec=spec, dataset=dataset, epochs=epochs, T=T, batch_size=batch_size, lr=lr, seed=seed,
+                  subset=subset, test_subset=test_subset, augment=augment, init_rate=init_rate,
+                  init_output_rate=init_output_rate, **model_kwargs)
     train_ds, test_ds = data or (load_dataset(dataset, True, root, device, subset),
                                  load_dataset(dataset, False, root, device, test_subset))
     torch.manual_seed(seed)
-    net = build_net(spec, train_ds.x.shape[1:], 10, **neuron_kwargs).to(device)
+    net = build_net(spec, train_ds.x.shape[1:], 10, **model_kwargs).to(device)
+    if init_rate is not None:  # data-dependent scaling on the first 256 training images (fixed, not shuffled)
+        calibrate_init(net, train_ds.x[:256], init_rate, init_output_rate, T)
     s_max = net.neurons()[-1].s_max
     optimizer = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
     history, start = [], 0
-    if resume and checkpoint and Path(checkpoint).exists():
-        state = torch.load(checkpoint, map_location=device)
+    data_id = dict(train=train_ds.fingerprint(), test=test_ds.fingerprint())
+    state = load_checkpoint(checkpoint) if resume and checkpoint else None
+    if state is not None:
         if {**state["config"], "epochs": epochs} != config:  # more epochs may be asked for on resume
-            raise ValueError(f"checkpoint {checkpoint} was written by a different configuration: {state['config']}")
+            diff = {k: (state["config"].get(k), v) for k, v in config.items() if state["config"].get(k) != v}
+            raise ValueError(f"checkpoint {checkpoint} was written by a different configuration: (saved, asked) {diff}")
+        if state.get("data") != data_id:
+            raise ValueError(f"checkpoint {checkpoint} was trained on other data: {state.get('data')}, not {data_id}")
+        if len(state["history"]) > epochs:
+            raise ValueError(f"checkpoint {checkpoint} holds {len(state['history'])} epochs, more than the {epochs} "
+                             "asked for; ask for at least that many (or start a new checkpoint)")
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history, start = state["history"], len(state["history"])
@@ -616,6 +721,7 @@ def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, dev
         order = torch.randperm(len(train_ds), generator=g).to(device)
         losses = torch.zeros(steps, device=device)
         correct = torch.zeros((), device=device)
+        output_spikes = torch.zeros(10, device=device)  # per output neuron, over the epoch
         for step in range(steps):
             idx = order[step * batch_size:(step + 1) * batch_size]
             xb, yb = train_ds.x[idx], train_ds.y[idx]
@@ -628,24 +734,66 @@ def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, dev
             optimizer.step()
             losses[step] = loss.detach()
             correct += (net.predict(out.detach()) == yb).sum()
+            output_spikes += out.detach().sum((0, 1))
             bar.update()
         if not torch.isfinite(losses).all():  # checked once per epoch: no device sync per step
             bad = int((~torch.isfinite(losses)).nonzero()[0])
             bar.close()
             raise FloatingPointError(f"{dataset} {spec}: loss became {losses[bad].item()} at epoch {epoch + 1}, "
                                      f"step {bad + 1} of {steps} (lr={lr}, seed={seed})")
-        test_acc, rates = evaluate(net, test_ds, T)
+        silent = (output_spikes == 0).nonzero().flatten().tolist()
+        if silent:  # far below threshold the surrogate is ~0: nothing can revive such a neuron
+            warnings.warn(f"{dataset} {spec}, epoch {epoch + 1}: output layer (neuron layer {len(net.neurons())}), "
+                          f"neuron(s) {silent} never fired during the whole training epoch", stacklevel=2)
+        test = evaluate(net, test_ds, T)
         history.append(dict(epoch=epoch + 1, loss=losses.mean().item(), train_accuracy=100.0 * correct.item() / len(train_ds),
-                            test_accuracy=test_acc, seconds=time.time() - t0, firing_rate=rates))
-        bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]['loss']:.3f}", test=f"{test_acc:.2f}%")
+                            test_accuracy=test.pop("accuracy"), seconds=time.time() - t0, **test))
+        bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]['loss']:.3f}", test=f"{history[-1]['test_accuracy']:.2f}%")
         if checkpoint:
-            Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
-            torch.save(dict(model=net.state_dict(), optimizer=optimizer.state_dict(), history=history,
-                            config=config), checkpoint)
+            save_checkpoint(dict(model=net.state_dict(), optimizer=optimizer.state_dict(), history=history,
+                                 config=config, data=data_id), checkpoint)
     bar.close()
-    return dict(config=config, dataset_variant=train_ds.variant, history=history,
+    return dict(config=config, data=data_id, dataset_variant=train_ds.variant, history=history,
                 test_accuracy=history[-1]["test_accuracy"] if history else None,
                 torch=torch.__version__, device=device_name(device), model=net)
+
+
+def save_checkpoint(state, path):
+    """Write `state` to `path` atomically: a temporary file beside it, flushed to disk, then renamed
+    over `path`; the checkpoint it replaces is kept as `path` + ".prev". A kill at any moment leaves
+    at least one complete checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    if path.exists():
+        os.replace(path, path.with_name(path.name + ".prev"))
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    """The newest readable checkpoint at `path` (else its ".prev"), loaded onto the CPU; None if
+    neither exists. An unreadable newest one is reported and skipped."""
+    path = Path(path)
+    for candidate in (path, path.with_name(path.name + ".prev")):
+        if not candidate.exists():
+            continue
+        try:
+            return torch.load(candidate, map_location="cpu")
+        except Exception as exc:  # truncated or empty: a kill during a save without os.replace
+            warnings.warn(f"checkpoint {candidate} is unreadable ({type(exc).__name__}: {exc}); "
+                          "trying the previous one", stacklevel=2)
+    return None
+
+
+def _keyword_defaults(fn):
+    """The keyword arguments of `fn` that have a default, with it (so a config names every setting)."""
+    import inspect
+    return {k: p.default for k, p in inspect.signature(fn).parameters.items()
+            if p.default is not p.empty and k != "activation"}
 
 
 def _train_quietly(kwargs):
@@ -771,7 +919,7 @@ def energy_report(net, data, T, batch_size=1000):
 
     hooks = [m.register_forward_hook(count) for m in synapses]
     try:
-        _, rates = evaluate(net, data, T, batch_size)
+        rates = evaluate(net, data, T, batch_size)["firing_rate"]
     finally:
         for h in hooks:
             h.remove()

@@ -438,19 +438,38 @@ def cifar_test64(cifar_cache):
     return data
 
 
+def test_init_means_and_spreads():
+    """Our reading of eq. 17: hidden layers Normal(0, (gain V_th/sqrt(N))^2), the output layer
+    Normal(V_th/N, same spread); init_mean="all" puts V_th/N everywhere; init_std fixes the std."""
+    torch.manual_seed(0)
+    syn = lambda net: [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    hidden, out = syn(mt.build_net("784-800-10", (784,), 10))
+    assert abs(hidden.weight.mean().item()) < 3 * 0.5 * 10 / 28 / math.sqrt(hidden.weight.numel())
+    assert hidden.weight.std().item() == pytest.approx(0.5 * 10 / 28, rel=0.01)
+    assert out.weight.mean().item() == pytest.approx(10 / 800, abs=3 * 0.5 * 10 / math.sqrt(800) / math.sqrt(8000))
+    hidden, out = syn(mt.build_net("784-800-10", (784,), 10, init_mean="all", init_gain=1.0))
+    assert hidden.weight.mean().item() == pytest.approx(10 / 784, abs=3 * 10 / 28 / math.sqrt(hidden.weight.numel()))
+    assert hidden.weight.std().item() == pytest.approx(10 / 28, rel=0.01)
+    hidden, out = syn(mt.build_net("784-800-10", (784,), 10, init_std=0.5))
+    assert hidden.weight.std().item() == pytest.approx(0.5, rel=0.01) and (hidden.bias == 0).all()
+
+
 @pytest.mark.parametrize("spec", [pytest.param(s, marks=needs_cifar if s.startswith("96") else needs_mnist)
                                   for s in PAPER_NETS])
-def test_every_layer_fires_at_initialisation(spec, request):
-    """Eq. 17 reading: at initialisation every neuron layer of every paper network fires, not
-    silent and not saturated (mean spikes per neuron per step in (0.01, 0.5 S_max)) on real images."""
+def test_calibrated_layers_fire_at_the_stated_rate(spec, request):
+    """`calibrate_init` on 32 images: on those, each layer fires at its target rate (hidden 1,
+    output 0.25 spikes per neuron per step, within 5 %); on 32 other images, within a factor 2."""
     data = request.getfixturevalue("cifar_test64" if spec.startswith("96") else "mnist_test64")
     torch.manual_seed(0)
     net = mt.build_net(spec, data.x.shape[1:], 10)
-    with torch.no_grad():
-        net(data.x, 2)
-    rates = [n.firing_rate.item() for n in net.neurons()]
-    assert len(rates) == N_NEURON_LAYERS[spec]
-    assert all(0.01 < r < 0.5 * 15 for r in rates), rates
+    factors = mt.calibrate_init(net, data.x[:32], rate=1.0, output_rate=0.25)
+    targets = [1.0] * (N_NEURON_LAYERS[spec] - 1) + [0.25]
+    assert len(factors) == N_NEURON_LAYERS[spec]
+    for images, tolerance in ((data.x[:32], 0.05), (data.x[32:], 1.0)):
+        with torch.no_grad():
+            net(images, 2)
+        rates = [n.firing_rate.item() for n in net.neurons()]
+        assert all(t / (1 + tolerance) <= r <= t * (1 + tolerance) for r, t in zip(rates, targets)), rates
 
 
 # ----------------------------------------------------------------------------------------------
@@ -572,6 +591,38 @@ def test_spike_mse_loss_is_eq6():
     expected = sum(0.5 * ((y[:, b] - out[:, b]) ** 2).sum() for b in range(3)) / 3
     got = mt.spike_mse_loss(torch.from_numpy(out), torch.from_numpy(labels), 15)
     assert got.item() == pytest.approx(expected, rel=1e-12)
+
+
+def _identity_net():
+    """A 3-feature, 3-class net whose output neuron j receives feature j as its current."""
+    net = mt.build_net("3-3", (3,), 3)
+    with torch.no_grad():
+        net.first[-1].weight.copy_(torch.eye(3))
+        net.first[-1].bias.zero_()
+    return net
+
+
+def test_evaluate_counts_silent_neurons_and_tied_outputs():
+    """T = 1, spikes = floor(current / 10): image 0 -> (2, 0, 0), image 1 -> (0, 0, 0) silent,
+    image 2 -> (1, 1, 0) tied. Output neuron 2 never fires."""
+    x = torch.tensor([[25.0, 5.0, 0.0], [5.0, 5.0, 5.0], [15.0, 15.0, 0.0]])
+    data = mt.Dataset("mnist", "mnist", x, torch.tensor([0, 1, 1]))
+    e = mt.evaluate(_identity_net(), data, T=1)
+    assert e["accuracy"] == pytest.approx(100 / 3)  # image 0 right; 1 and 2 go to the lower index, 0
+    assert e["silent_fraction"] == [pytest.approx(1 / 3)]
+    assert e["silent_outputs"] == [2]
+    assert e["output_silent"] == pytest.approx(1 / 3)
+    assert e["output_tied"] == pytest.approx(2 / 3)
+    assert e["firing_rate"] == [pytest.approx(4 / 9)]
+
+
+def test_evaluate_silent_fraction_counts_every_unit_across_batches():
+    """A neuron counts as silent only if it fired on no image of any batch, at no step."""
+    x = torch.tensor([[15.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 12.0, 0.0]])
+    data = mt.Dataset("mnist", "mnist", x, torch.tensor([0, 0, 1]))
+    e = mt.evaluate(_identity_net(), data, T=2, batch_size=1)
+    assert e["silent_outputs"] == [2] and e["silent_fraction"] == [pytest.approx(1 / 3)]
+    assert e["output_silent"] == pytest.approx(1 / 3) and e["output_tied"] == pytest.approx(1 / 3)
 
 
 @pytest.fixture(scope="module")
