@@ -617,7 +617,8 @@ def spike_mse_loss(out_spikes, labels, s_max):
 def evaluate(net, data, T, batch_size=1000):
     """A test pass over all of `data`: a dict with
 
-    - `accuracy`: test accuracy (%);
+    - `accuracy`: test accuracy (%); `accuracy_ties_to_lowest`: the same with tied classes read
+      as the lowest class index instead of by their residual potential (the readout's effect);
     - `firing_rate`: per neuron layer, the mean spike count per neuron per step;
     - `silent_fraction`: per neuron layer, the fraction of its neurons (every unit of a feature
       map counts) that never fired on any test image at any step;
@@ -637,7 +638,7 @@ def evaluate(net, data, T, batch_size=1000):
         return hook
 
     hooks = [n.register_forward_hook(record(i)) for i, n in enumerate(neurons)]
-    correct = silent = tied = 0
+    correct = lowest = silent = tied = 0
     rates = torch.zeros(len(neurons))
     try:
         for i in range(0, len(data), batch_size):
@@ -645,6 +646,7 @@ def evaluate(net, data, T, batch_size=1000):
             correct += (net.predict(out) == data.y[i:i + batch_size]).sum().item()
             rates += torch.stack([n.firing_rate for n in neurons]).cpu() * len(out[0])
             counts = out.sum(0)
+            lowest += (counts.argmax(1) == data.y[i:i + batch_size]).sum().item()
             top = counts.amax(1, keepdim=True)
             silent += (top == 0).sum().item()
             tied += ((counts == top).sum(1) > 1).sum().item()
@@ -653,7 +655,7 @@ def evaluate(net, data, T, batch_size=1000):
             h.remove()
         net.train()
     n = len(data)
-    return dict(accuracy=100.0 * correct / n, firing_rate=(rates / n).tolist(),
+    return dict(accuracy=100.0 * correct / n, accuracy_ties_to_lowest=100.0 * lowest / n, firing_rate=(rates / n).tolist(),
                 silent_fraction=[1.0 - f.float().mean().item() for f in fired],
                 silent_outputs=(~fired[-1]).nonzero().flatten().tolist(),
                 output_silent=silent / n, output_tied=tied / n)

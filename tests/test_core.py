@@ -603,12 +603,14 @@ def _identity_net():
 
 
 def test_evaluate_counts_silent_neurons_and_tied_outputs():
-    """T = 1, spikes = floor(current / 10): image 0 -> (2, 0, 0), image 1 -> (0, 0, 0) silent,
-    image 2 -> (1, 1, 0) tied. Output neuron 2 never fires."""
-    x = torch.tensor([[25.0, 5.0, 0.0], [5.0, 5.0, 5.0], [15.0, 15.0, 0.0]])
+    """T = 1, spikes = floor(current / 10): image 0 -> (2, 0, 0); image 1 -> (0, 0, 0), silent;
+    image 2 -> (1, 1, 0), tied. Output neuron 2 never fires. Ties are read by the potential left
+    after the step (residuals (5, 8, 2) and (5, 7, 0)): class 1 both times, the right one; read
+    as the lowest index they would both be class 0."""
+    x = torch.tensor([[25.0, 5.0, 0.0], [5.0, 8.0, 2.0], [15.0, 17.0, 0.0]])
     data = mt.Dataset("mnist", "mnist", x, torch.tensor([0, 1, 1]))
     e = mt.evaluate(_identity_net(), data, T=1)
-    assert e["accuracy"] == pytest.approx(100 / 3)  # image 0 right; 1 and 2 go to the lower index, 0
+    assert e["accuracy"] == 100.0 and e["accuracy_ties_to_lowest"] == pytest.approx(100 / 3)
     assert e["silent_fraction"] == [pytest.approx(1 / 3)]
     assert e["silent_outputs"] == [2]
     assert e["output_silent"] == pytest.approx(1 / 3)
@@ -623,6 +625,14 @@ def test_evaluate_silent_fraction_counts_every_unit_across_batches():
     e = mt.evaluate(_identity_net(), data, T=2, batch_size=1)
     assert e["silent_outputs"] == [2] and e["silent_fraction"] == [pytest.approx(1 / 3)]
     assert e["output_silent"] == pytest.approx(1 / 3) and e["output_tied"] == pytest.approx(1 / 3)
+
+
+def test_predict_needs_the_forward_pass_of_its_spikes():
+    net = _identity_net()
+    out = net(torch.tensor([[25.0, 5.0, 0.0]]), 1)
+    assert net.predict(out).tolist() == [0]
+    with pytest.raises(ValueError, match="forward pass"):
+        net.predict(torch.zeros(1, 4, 3))
 
 
 @pytest.fixture(scope="module")
