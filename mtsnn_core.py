@@ -373,7 +373,7 @@ def calibrate_init(net, images, rate=1.0, output_rate=0.25, T=2):
     for module in net.rest:
         if isinstance(module, MultiThresholdLIF):
             target = output_rate if len(factors) == n_layers - 1 else rate
-            lo, hi = -12.0, 12.0  # log2 of the factor
+            lo, hi = -12.0, 12.0  # log2 of the factor, halved down to float32 resolution
             for _ in range(40):
                 mid = (lo + hi) / 2
                 lo, hi = (mid, hi) if module.run(x * 2 ** mid)[0].mean() < target else (lo, mid)
@@ -385,6 +385,15 @@ def calibrate_init(net, images, rate=1.0, output_rate=0.25, T=2):
             x = module(x)
             synapse = module.layer if isinstance(module, TimeFolded) else synapse
     return factors
+
+
+def initialised_net(spec, images, n_classes=10, *, T=2, init_rate=1.0, init_output_rate=0.25, **kwargs):
+    """`build_net(spec, ...)` scaled by `calibrate_init` on `images` (the first 256 are used; no
+    scaling when init_rate is None): the network `train` starts from. Draws from torch's global RNG."""
+    net = build_net(spec, images.shape[1:], n_classes, **kwargs).to(images.device)
+    if init_rate is not None:
+        calibrate_init(net, images[:256], init_rate, init_output_rate, T)
+    return net
 
 
 # ----------------------------------------------------------------------------------------------
@@ -693,9 +702,8 @@ def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, dev
     train_ds, test_ds = data or (load_dataset(dataset, True, root, device, subset),
                                  load_dataset(dataset, False, root, device, test_subset))
     torch.manual_seed(seed)
-    net = build_net(spec, train_ds.x.shape[1:], 10, **model_kwargs).to(device)
-    if init_rate is not None:  # data-dependent scaling on the first 256 training images (fixed, not shuffled)
-        calibrate_init(net, train_ds.x[:256], init_rate, init_output_rate, T)
+    net = initialised_net(spec, train_ds.x, 10, T=T, init_rate=init_rate, init_output_rate=init_output_rate,
+                          **model_kwargs)
     s_max = net.neurons()[-1].s_max
     optimizer = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
     history, start = [], 0
@@ -743,11 +751,12 @@ def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, dev
             bar.close()
             raise FloatingPointError(f"{dataset} {spec}: loss became {losses[bad].item()} at epoch {epoch + 1}, "
                                      f"step {bad + 1} of {steps} (lr={lr}, seed={seed})")
-        silent = (output_spikes == 0).nonzero().flatten().tolist()
-        if silent:  # far below threshold the surrogate is ~0: nothing can revive such a neuron
-            warnings.warn(f"{dataset} {spec}, epoch {epoch + 1}: output layer (neuron layer {len(net.neurons())}), "
-                          f"neuron(s) {silent} never fired during the whole training epoch", stacklevel=2)
         test = evaluate(net, test_ds, T)
+        silent = (output_spikes == 0).nonzero().flatten().tolist()
+        if silent or test["silent_outputs"]:  # far below threshold the surrogate is ~0: nothing revives them
+            warnings.warn(f"{dataset} {spec}, epoch {epoch + 1}: in the output layer (neuron layer {len(net.neurons())}), "
+                          f"neuron(s) {silent or 'none'} never fired during the whole training epoch, neuron(s) "
+                          f"{test['silent_outputs'] or 'none'} on none of the {len(test_ds)} test images", stacklevel=2)
         history.append(dict(epoch=epoch + 1, loss=losses.mean().item(), train_accuracy=100.0 * correct.item() / len(train_ds),
                             test_accuracy=test.pop("accuracy"), seconds=time.time() - t0, **test))
         bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]['loss']:.3f}", test=f"{history[-1]['test_accuracy']:.2f}%")
@@ -848,15 +857,22 @@ def pick_device(device="auto"):
 
 
 def result_row(name, results, paper_accuracy=None, **extra):
-    """One table row from the `train` results of several seeds of the same configuration."""
+    """One table row from the `train` results of several seeds of the same configuration: the last
+    epoch's test accuracy per seed with mean and (n - 1) standard deviation, the best epoch beside
+    it, the silent outputs and ties of the last epoch, and every seed's per-epoch history."""
     cfg = results[0]["config"]
     acc = [r["test_accuracy"] for r in results]
     mean = sum(acc) / len(acc)
     std = math.sqrt(sum((a - mean) ** 2 for a in acc) / (len(acc) - 1)) if len(acc) > 1 else 0.0
+    best = [max(r["history"], key=lambda h: h["test_accuracy"]) for r in results]
     row = dict(name=name, dataset=results[0]["dataset_variant"], network=cfg["spec"], T=cfg["T"],
                s_max=cfg.get("s_max", 15), surrogate=cfg.get("surrogate", "f2"), alpha_w=cfg.get("alpha_w", 20.0),
-               epochs=cfg["epochs"], seeds=[r["config"]["seed"] for r in results], accuracy=acc,
-               accuracy_mean=mean, accuracy_std=std, paper_accuracy=paper_accuracy)
+               epochs=cfg["epochs"], seeds=[r["config"]["seed"] for r in results], reported="last epoch", accuracy=acc,
+               accuracy_mean=mean, accuracy_std=std, accuracy_best=[h["test_accuracy"] for h in best],
+               best_epoch=[h["epoch"] for h in best], paper_accuracy=paper_accuracy,
+               silent_outputs=[r["history"][-1].get("silent_outputs") for r in results],
+               output_tied=[r["history"][-1].get("output_tied") for r in results],
+               history=[r["history"] for r in results], config=cfg)
     return {**row, **extra}  # extra fields, e.g. the swept parameter, may also restate a standard one
 
 
