@@ -85,7 +85,8 @@ def train_ann(spec, train_ds, test_ds, epochs=2, lr=1e-3, seed=0, batch_size=128
         history.append(dict(epoch=epoch + 1, loss=losses.mean().item(), test_accuracy=ann_accuracy(net, test_ds),
                             seconds=time.time() - t0))
         if progress:
-            print("epoch {epoch:3d}  loss {loss:.4f}  test {test_accuracy:6.2f} %  {seconds:5.1f} s".format(**history[-1]))
+            print("epoch {epoch:3d}  loss {loss:.4f}  test {test_accuracy:6.2f} %  {seconds:5.1f} s"
+                  .format(**history[-1]))
     return net.eval(), history[-1]["test_accuracy"], history
 
 
@@ -352,7 +353,8 @@ def relu_activations(net, x, batch_size=500):
     acts, hooks, timed = {}, [], isinstance(net, mt.SpikingNet)  # a SpikingNet's layers see [T=1, B, ...]
     for m in net.modules():
         if isinstance(m, nn.ReLU):
-            hooks.append(m.register_forward_hook(lambda mod, i, o: acts.setdefault(mod, []).append(o[0] if timed else o)))
+            hooks.append(m.register_forward_hook(
+                lambda mod, i, o: acts.setdefault(mod, []).append(o[0] if timed else o)))
     try:
         net.eval()
         for i in range(0, len(x), batch_size):
@@ -453,7 +455,8 @@ def evaluate_conversion(snn, ann, data, T_read=T_READ, batch_size=250, chunk=32)
         agree += (pred == ann_pred).sum(1).cpu()
         ann_correct += (ann_pred == y).sum().item()
     n = len(data)
-    sin = {t: [(m.spikes_inactive[:t].sum() / m.spikes_total[:t].sum().clamp(min=1)).item() for m in ifs] for t in T_read}
+    sin = {t: [(m.spikes_inactive[:t].sum() / m.spikes_total[:t].sum().clamp(min=1)).item() for m in ifs]
+           for t in T_read}
     rate = [(m.spikes_total.sum() / (nn_ * T)).item() for m, nn_ in zip(ifs, neurons)]
     for m in ifs:
         m.inactive = None

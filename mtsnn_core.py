@@ -308,7 +308,8 @@ def build_net(spec, in_shape, n_classes, *, activation=None, init_gain=0.5, init
         parsed.append(_TOKEN.match(str(n_classes)))
     if activation is None:
         neuron_kwargs.setdefault("v_th", 10.0)
-        _check_neuron_args(**{k: v for k, v in neuron_kwargs.items() if k in ("v_th", "tau_m", "s_max", "surrogate", "reset_grad")})
+        _check_neuron_args(**{k: v for k, v in neuron_kwargs.items()
+                              if k in ("v_th", "tau_m", "s_max", "surrogate", "reset_grad")})
         make_neuron = lambda: MultiThresholdLIF(**neuron_kwargs)
     else:
         make_neuron = activation
@@ -346,9 +347,9 @@ def build_net(spec, in_shape, n_classes, *, activation=None, init_gain=0.5, init
         layers += [layer, make_neuron()]
     if activation is None:
         layers[-1].keep_residual = True  # the output neuron: `SpikingNet.predict` breaks ties with it
-    n_first = next(i for i, l in enumerate(layers) if isinstance(l, (nn.Conv2d, nn.Linear))) + 1
+    n_first = next(i for i, layer in enumerate(layers) if isinstance(layer, (nn.Conv2d, nn.Linear))) + 1
     first = nn.Sequential(*layers[:n_first])  # runs once on [B, ...]: the input current is the same every step
-    rest = nn.Sequential(*[TimeFolded(l) if not _is_neuron(l) else l for l in layers[n_first:]])
+    rest = nn.Sequential(*[layer if _is_neuron(layer) else TimeFolded(layer) for layer in layers[n_first:]])
     return SpikingNet(spec, first, rest)
 
 
@@ -544,28 +545,49 @@ def _load_cifar10(train, root):
         if _sha256(jpeg / s) != _CIFAR_JPEG_SHA256[s]:
             raise DatasetError(f"cifar10: {jpeg / s} does not match its sha256 {_CIFAR_JPEG_SHA256[s]} (SHA256SUMS)")
     cache = _cache_dir() / f"cifar10-jpeg75-{'train' if train else 'test'}-{_CIFAR_JPEG_SHA256[shards[0]][:12]}.pt"
-    if not cache.exists():
-        _decode_jpeg_shards([jpeg / s for s in shards], cache)
-    x, y = torch.load(cache)
+    x, y = _cached_decode([jpeg / s for s in shards], cache)
     if not train:  # the copy's test images are sorted by class: a fixed shuffle lets a test subset hold every class
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
         x, y = x[order], y[order]
     return x, y, "cifar10-jpeg75"
 
 
-def _decode_jpeg_shards(shards, cache):
-    """Decode the JPEG-75 tar shards once into one uint8 tensor file (class = folder name)."""
+def _cached_decode(shards, cache):
+    """(images, labels) of the shards, decoded once per machine into `cache`: under a file lock (two
+    processes never decode at once), written atomically, checked against its sha256 on every load
+    and decoded again when it does not match."""
+    import fcntl
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    digest = cache.with_name(cache.name + ".sha256")
+    with open(cache.with_name(cache.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if cache.exists() and digest.exists() and _sha256(cache) == digest.read_text().strip():
+            return torch.load(cache)
+        if cache.exists():
+            warnings.warn(f"the decoded CIFAR-10 cache {cache} does not match its checksum: decoding again",
+                          stacklevel=3)
+        data = _decode_jpeg_shards(shards)
+        _atomic_save(data, cache)
+        digest.write_text(_sha256(cache) + "\n")
+        return data
+
+
+def _decode_jpeg_shards(shards):
+    """Decode the JPEG-75 tar shards into one uint8 image tensor and the labels (class = folder name)."""
     from torchvision.io import decode_jpeg
     images, labels = [], []
-    for s in shards:
-        with tarfile.open(s) as tar:
-            for member in tar:
-                if member.isfile() and member.name.endswith(".jpg"):
-                    data = torch.frombuffer(bytearray(tar.extractfile(member).read()), dtype=torch.uint8)
-                    images.append(decode_jpeg(data))
-                    labels.append(_CIFAR_CLASSES.index(member.name.split("/")[-2]))
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save((torch.stack(images), torch.tensor(labels)), cache)
+    with warnings.catch_warnings():
+        # torchvision 0.29 deprecates its decoders (a warning per image); they still decode the copy
+        # exactly as the results so far were made, so they stay, without the 60 000 warnings
+        warnings.filterwarnings("ignore", message="The image decoding", category=DeprecationWarning)
+        for s in shards:
+            with tarfile.open(s) as tar:
+                for member in tar:
+                    if member.isfile() and member.name.endswith(".jpg"):
+                        data = torch.frombuffer(bytearray(tar.extractfile(member).read()), dtype=torch.uint8)
+                        images.append(decode_jpeg(data))
+                        labels.append(_CIFAR_CLASSES.index(member.name.split("/")[-2]))
+    return torch.stack(images), torch.tensor(labels)
 
 
 def load_dataset(name, train, root=None, device="cpu", subset=None):
@@ -664,7 +686,8 @@ def evaluate(net, data, T, batch_size=1000):
             h.remove()
         net.train()
     n = len(data)
-    return dict(accuracy=100.0 * correct / n, accuracy_ties_to_lowest=100.0 * lowest / n, firing_rate=(rates / n).tolist(),
+    return dict(accuracy=100.0 * correct / n, accuracy_ties_to_lowest=100.0 * lowest / n,
+                firing_rate=(rates / n).tolist(),
                 silent_fraction=[1.0 - f.float().mean().item() for f in fired],
                 silent_outputs=(~fired[-1]).nonzero().flatten().tolist(),
                 output_silent=silent / n, output_tied=tied / n)
@@ -754,35 +777,43 @@ def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, dev
         test = evaluate(net, test_ds, T)
         silent = (output_spikes == 0).nonzero().flatten().tolist()
         if silent or test["silent_outputs"]:  # far below threshold the surrogate is ~0: nothing revives them
-            warnings.warn(f"{dataset} {spec}, epoch {epoch + 1}: in the output layer (neuron layer {len(net.neurons())}), "
+            warnings.warn(f"{dataset} {spec}, epoch {epoch + 1}: in the output layer "
+                          f"(neuron layer {len(net.neurons())}), "
                           f"neuron(s) {silent or 'none'} never fired during the whole training epoch, neuron(s) "
                           f"{test['silent_outputs'] or 'none'} on none of the {len(test_ds)} test images", stacklevel=2)
-        history.append(dict(epoch=epoch + 1, loss=losses.mean().item(), train_accuracy=100.0 * correct.item() / len(train_ds),
+        history.append(dict(epoch=epoch + 1, loss=losses.mean().item(),
+                            train_accuracy=100.0 * correct.item() / len(train_ds),
                             test_accuracy=test.pop("accuracy"), seconds=time.time() - t0, **test))
         bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]['loss']:.3f}", test=f"{history[-1]['test_accuracy']:.2f}%")
         if checkpoint:
             save_checkpoint(dict(model=net.state_dict(), optimizer=optimizer.state_dict(), history=history,
-                                 config=config, data=data_id), checkpoint)
+                                 config=config, data=data_id, provenance=provenance(), device=device_name(device)),
+                            checkpoint)
     bar.close()
     return dict(config=config, data=data_id, dataset_variant=train_ds.variant, history=history,
                 test_accuracy=history[-1]["test_accuracy"] if history else None,
-                torch=torch.__version__, device=device_name(device), model=net)
+                torch=torch.__version__, device=device_name(device), provenance=provenance(), model=net)
+
+
+def _atomic_save(obj, path, keep_previous=False):
+    """torch.save to a temporary file beside `path`, flushed to disk, then renamed over `path` (the
+    file it replaces renamed to `path` + ".prev" first, if `keep_previous`)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    if keep_previous and path.exists():
+        os.replace(path, path.with_name(path.name + ".prev"))
+    os.replace(tmp, path)
 
 
 def save_checkpoint(state, path):
-    """Write `state` to `path` atomically: a temporary file beside it, flushed to disk, then renamed
-    over `path`; the checkpoint it replaces is kept as `path` + ".prev". A kill at any moment leaves
-    at least one complete checkpoint."""
+    """Write `state` to `path` atomically, keeping the checkpoint it replaces as `path` + ".prev": a
+    kill at any moment leaves at least one complete checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    if path.exists():
-        os.replace(path, path.with_name(path.name + ".prev"))
-    os.replace(tmp, path)
+    _atomic_save(state, path, keep_previous=True)
 
 
 def load_checkpoint(path):
@@ -834,11 +865,34 @@ def train_sweep(configs, processes=2, threads=None, **common):
 
 
 def device_name(device):
+    """The GPU's name, or "cpu (<model>, <n> threads)" with the threads torch uses now."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    return f"cpu ({_cpu_model()}, {torch.get_num_threads()} threads)"
+
+
+def _cpu_model():
     import platform
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def provenance():
+    """Which code and software made a result: the git commit (with a flag for uncommitted changes),
+    the torch version and the CPU model."""
+    import subprocess
+    here = Path(__file__).resolve().parent
+    git = lambda *a: subprocess.run(["git", *a], cwd=here, capture_output=True, text=True, timeout=10)
+    try:
+        commit = git("rev-parse", "HEAD").stdout.strip() or None
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip()) if commit else None
+    except (OSError, subprocess.SubprocessError):
+        commit = dirty = None
+    return dict(commit=commit, dirty=dirty, torch=str(torch.__version__), cpu=_cpu_model())
 
 
 def to_json(result):
@@ -881,7 +935,7 @@ def write_results(notebook, profile, rows, runtime_s, figures_dir, device, **ext
     path = Path(figures_dir) / f"{notebook}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = dict(notebook=notebook, profile=profile, device=device, torch=torch.__version__,
-               runtime_s=round(runtime_s, 1), rows=rows, **extra)
+               runtime_s=round(runtime_s, 1), provenance=provenance(), rows=rows, **extra)
     path.write_text(json.dumps(doc, indent=1) + "\n")
     return path
 
@@ -945,7 +999,7 @@ def energy_report(net, data, T, batch_size=1000):
     layers = [dict(layer=f"{type(m).__name__.lower()} {i + 1}", neurons=ops[m][2], firing_rate=rate,
                    ac=0.0 if i == 0 else ops[m][0] / n, mac_ann=ops[m][1] / n)
               for i, (m, rate) in enumerate(zip(synapses, rates))]
-    ac = sum(l["ac"] for l in layers)
-    mac_first, mac_ann = layers[0]["mac_ann"], sum(l["mac_ann"] for l in layers)
+    ac = sum(layer["ac"] for layer in layers)
+    mac_first, mac_ann = layers[0]["mac_ann"], sum(layer["mac_ann"] for layer in layers)
     return dict(layers=layers, ac_total=ac, mac_first_layer=mac_first, mac_ann_total=mac_ann,
                 energy_snn_uj=(ac * E_AC_PJ + mac_first * E_MAC_PJ) * 1e-6, energy_ann_uj=mac_ann * E_MAC_PJ * 1e-6)

@@ -180,7 +180,8 @@ class Cell:
         torch.manual_seed(0)
         net, self.T, reset = make_net(variant, spec, in_shape)
         conv = "C" in spec
-        fmt = torch.channels_last if (device.type == "cuda" and args.channels_last and conv) else torch.contiguous_format
+        channels_last = device.type == "cuda" and args.channels_last and conv
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.net = net.to(device, memory_format=fmt).train()
         self.x = torch.randn(batch, *in_shape, device=device).contiguous(memory_format=fmt)
         labels = torch.randint(0, 10, (batch,), device=device)
@@ -247,7 +248,7 @@ def run_net(spec, in_shape, variants, batch, device, args):
     for v, cell in list(cells.items()):
         try:
             saved = cell.saved_mb()
-        except Exception as exc:
+        except Exception:
             traceback.print_exc()
             saved = None
         results[v] = dict(T=cell.T, n_steps=len(cell.times), median_ms=1e3 * statistics.median(cell.times),
@@ -290,9 +291,11 @@ def main(argv=None):
     p.add_argument("--nets", help="comma-separated aliases or specs: " + ", ".join(a for a, _, _ in NETS))
     p.add_argument("--variants", help="comma-separated: " + ", ".join(VARIANTS + CUDA_ONLY))
     p.add_argument("--batch", type=int, help="batch of the MNIST nets (default 128; 32 with --quick)")
-    p.add_argument("--cifar-batch", type=int, help="batch of the CIFAR-10 net (default 128 on CUDA, 16 on CPU, 4 with --quick)")
+    p.add_argument("--cifar-batch", type=int,
+                   help="batch of the CIFAR-10 net (default 128 on CUDA, 16 on CPU, 4 with --quick)")
     p.add_argument("--warmup", type=int, help="untimed steps per variant before timing (default 3; 1 with --quick)")
-    p.add_argument("--budget", type=float, help="seconds of timed steps per cell (default 2.0 CPU, 1.0 CUDA, 0.3 quick)")
+    p.add_argument("--budget", type=float,
+                   help="seconds of timed steps per cell (default 2.0 CPU, 1.0 CUDA, 0.3 quick)")
     p.add_argument("--min-steps", type=int, help="timed steps per cell at least (default 3 CPU, 5 CUDA, 2 quick)")
     p.add_argument("--max-steps", type=int, default=100)
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
@@ -300,7 +303,8 @@ def main(argv=None):
     p.add_argument("--sj-backend", default="torch", choices=["torch", "auto"],
                    help="SpikingJelly LIF implementation on CUDA: torch (its pure-PyTorch one, default) or auto "
                         "(its fused kernels)")
-    p.add_argument("--out", help="JSON path (default figures/bench_step.json; figures/bench_step.quick.json with --quick)")
+    p.add_argument("--out",
+                   help="JSON path (default figures/bench_step.json; figures/bench_step.quick.json with --quick)")
     args = p.parse_args(argv)
 
     device = torch.device(mt.pick_device(args.device))
@@ -356,13 +360,15 @@ def main(argv=None):
         checks[spec] = {}
         for r in mine:
             ok_relu = None if r["ratio_relu"] is None else r["ratio_relu"] <= TARGETS["max_ratio_relu"]
-            ok_sj = None if r["ratio_spikingjelly"] is None else r["ratio_spikingjelly"] <= TARGETS["max_ratio_spikingjelly"]
+            sj = r["ratio_spikingjelly"]
+            ok_sj = None if sj is None else sj <= TARGETS["max_ratio_spikingjelly"]
             checks[spec][r["variant"]] = dict(ratio_relu_ok=ok_relu, ratio_spikingjelly_ok=ok_sj,
                                               ok=bool(ok_relu and ok_sj) if None not in (ok_relu, ok_sj) else None)
         flags = [c["ok"] for c in checks[spec].values()]
         checks[spec]["all_ok"] = None if None in flags else all(flags)
 
-    head = f"{'net':46s} {'variant':13s} {'batch':>5s} {'T':>2s} {'median ms':>10s} {'x ReLU':>7s} {'x SJ':>6s} {'saved MB':>9s}"
+    head = (f"{'net':46s} {'variant':13s} {'batch':>5s} {'T':>2s} {'median ms':>10s} {'x ReLU':>7s} {'x SJ':>6s} "
+            f"{'saved MB':>9s}")
     head += f" {'peak MB':>8s}" if cuda else ""
     print("\n" + head + "\n" + "-" * len(head))
     for r in rows:
@@ -374,10 +380,12 @@ def main(argv=None):
         print(line + (f" {fmt(r['peak_mb'], '{:.1f}'):>8s}" if cuda else ""))
     print(f"\ntargets for f1/f2/f3: x ReLU <= {TARGETS['max_ratio_relu']}, x SJ <= {TARGETS['max_ratio_spikingjelly']}")
     for spec, c in checks.items():
-        parts = [f"{v}: {'ok' if c[v]['ok'] else ('n/a' if c[v]['ok'] is None else 'MISSED')}" for v in c if v != "all_ok"]
+        verdict = {True: "ok", None: "n/a", False: "MISSED"}
+        parts = [f"{v}: {verdict[c[v]['ok']]}" for v in c if v != "all_ok"]
         print(f"  {spec:46s} " + ", ".join(parts))
 
-    out = Path(args.out) if args.out else ROOT / "figures" / ("bench_step.quick.json" if args.quick else "bench_step.json")
+    default = "bench_step.quick.json" if args.quick else "bench_step.json"
+    out = Path(args.out) if args.out else ROOT / "figures" / default
     out.parent.mkdir(parents=True, exist_ok=True)
     keys = ("net", "variant", "batch", "T", "median_ms", "ratio_relu", "ratio_spikingjelly", "saved_mb", "peak_mb",
             "min_ms", "n_steps", "error")

@@ -246,7 +246,8 @@ def test_f1_exceeds_one_near_high_thresholds_f2_f3_do_not():
     u = torch.linspace(-20, 180, 20001, dtype=torch.float64)
     f1, f2, f3 = (mt.SURROGATES[k](u) for k in ("f1", "f2", "f3"))
     for i in (2, 5, 15):
-        assert mt.surrogate_f1(torch.tensor([10.0 * i], dtype=torch.float64)).item() == pytest.approx(i, abs=0.01)  # + e^{-5} from pulse i-1
+        # + e^{-5} from pulse i-1
+        assert mt.surrogate_f1(torch.tensor([10.0 * i], dtype=torch.float64)).item() == pytest.approx(i, abs=0.01)
     assert f1.max().item() == pytest.approx(15.0, rel=1e-3)
     assert f2.max().item() <= 1 + 2 * (math.exp(-5) + math.exp(-20)) + 1e-12  # pulse 1, neighbours e^{-d^2/20}
     assert f3.max().item() == 1.0 and f3.min().item() == 0.0
@@ -549,6 +550,27 @@ def test_cifar_cache_gives_same_tensors(cifar_test64):
     assert torch.equal(again.x, cifar_test64.x) and torch.equal(again.y, cifar_test64.y)
 
 
+@needs_cifar
+def test_cifar_cache_is_checked_and_decoded_once(cifar_test64):
+    """A corrupt cache file is noticed by its checksum and decoded again; two processes that load at
+    the same time decode once (the second waits on the lock and finds a valid cache)."""
+    import os
+    import subprocess
+    import sys
+    cache = next(mt._cache_dir().glob("cifar10-jpeg75-test-*.pt"))
+    cache.write_bytes(cache.read_bytes()[:1000])
+    with pytest.warns(UserWarning, match="checksum"):
+        again = mt.load_dataset("cifar10", False, subset=64)
+    assert torch.equal(again.x, cifar_test64.x)
+    cache.unlink()
+    load = "import mtsnn_core as mt, warnings; warnings.simplefilter('ignore'); mt.load_dataset('cifar10', False)"
+    procs = [subprocess.Popen([sys.executable, "-c", load], env=dict(os.environ), stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    assert all(p.wait() == 0 for p in procs), [p.stderr.read()[-1000:] for p in procs]
+    assert mt.load_dataset("cifar10", False, subset=64).x.equal(cifar_test64.x)
+    assert not list(mt._cache_dir().glob("*.tmp"))
+
+
 @needs_mnist
 def test_checksum_failure_names_the_file(tmp_path):
     """A flipped byte in one IDX file raises DatasetError naming that file; the intact split still loads."""
@@ -704,7 +726,8 @@ def test_resume_refuses_more_epochs_than_asked_and_other_data(mnist_512, tmp_pat
     other = (mt.load_dataset("fmnist", True, subset=512), mt.load_dataset("fmnist", False, subset=512))
     with pytest.raises(ValueError, match="other data"):
         mt.train("784-800-10", "mnist", epochs=3, data=other, **kw)
-    assert len(mt.train("784-800-10", "mnist", epochs=2, data=mnist_512, s_max=15, **kw)["history"]) == 2  # a default, spelt out
+    spelt_out = mt.train("784-800-10", "mnist", epochs=2, data=mnist_512, s_max=15, **kw)  # a default, spelt out
+    assert len(spelt_out["history"]) == 2
 
 
 @needs_mnist

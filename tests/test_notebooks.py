@@ -1,6 +1,10 @@
-"""Every notebook executed by nbval on a temporary copy, at the quick profile.
+"""Every notebook executed by nbval on a temporary copy, at the tiny "test" profile.
 
-The copy gets PROFILE="quick" and FIGURES_DIR=<tmp> injected by papermill (replacing whatever a
+The "test" profile (a few hundred images, one epoch) checks that every cell runs, not what the
+method reaches; the stored notebooks are the quick profile's (`make`), and `tests/test_core.py`
+holds the learning checks.
+
+The copy gets PROFILE="test" and FIGURES_DIR=<tmp> injected by papermill (replacing whatever a
 stored full run injected), so the test never writes to tracked files and never starts the full
 profile. Cells marked `# NBVAL_CHECK_OUTPUT` (deterministic values: curves, neuron traces) are
 compared with the stored outputs; the rest only have to run without error (--nbval-lax).
@@ -31,7 +35,7 @@ def test_notebook_runs(notebook, tmp_path):
         for j in (ROOT / "figures").glob("*.json"):
             (figures / j.name).write_bytes(j.read_bytes())
     nb = parameterize_notebook(nbformat.read(notebook, as_version=4),
-                               dict(PROFILE="quick", FIGURES_DIR=str(figures)))
+                               dict(PROFILE="test", FIGURES_DIR=str(figures)))
     copy = tmp_path / notebook.name
     nbformat.write(nb, copy)
     env = dict(os.environ, MPLBACKEND="Agg")

@@ -7,6 +7,10 @@ earlier injected cell, so a notebook stored after a full run is re-run at the pr
 runs it with notebooks/ as working directory and writes it back. The first markdown cell's
 "Stored outputs" line is then rewritten with the profile, device, runtime and date. A failure
 names the notebook and the cell, and the exit status is 1.
+
+A notebook whose stored outputs come from a longer profile (full) than the one asked for is left
+as it is, with a message: a quick regeneration never replaces a stored full run. --replace
+overrides that.
 """
 import argparse
 import ast
@@ -23,6 +27,17 @@ import papermill as pm
 from mtsnn_core import device_name, pick_device
 
 STAMP = re.compile(r"^\*\*Stored outputs:\*\*.*$", re.M)
+PROFILES = ("test", "quick", "full")  # shortest first
+
+
+def stored_profile(path):
+    """The PROFILE papermill injected into the stored notebook, or None if it was never run so."""
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if "injected-parameters" in cell.metadata.get("tags", []):
+            m = re.search(r'^PROFILE = "(\w+)"', cell.source, re.M)
+            return m and m.group(1)
+    return None
 
 
 def stamp(path, profile, overrides):
@@ -39,8 +54,13 @@ def stamp(path, profile, overrides):
     nbformat.write(nb, path)
 
 
-def run(path, profile, figures, overrides):
+def run(path, profile, figures, overrides, replace=False):
     path = Path(path).resolve()
+    stored = stored_profile(path)
+    if not replace and stored in PROFILES and PROFILES.index(stored) > PROFILES.index(profile):
+        print(f"kept {path.name}: its stored outputs are the {stored} profile's; "
+              f"--replace overwrites them with {profile}")
+        return True
     params = dict(PROFILE=profile, **overrides)
     if figures:
         params["FIGURES_DIR"] = os.path.relpath(Path(figures).resolve(), path.parent)  # stored notebooks stay portable
@@ -66,11 +86,12 @@ def _literal(text):
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("notebooks", nargs="+")
-    ap.add_argument("--profile", default="quick", choices=["quick", "full"])
+    ap.add_argument("--profile", default="quick", choices=PROFILES)
+    ap.add_argument("--replace", action="store_true", help="overwrite a notebook stored at a longer profile")
     ap.add_argument("--figures", default=None, help="where figures and JSON go (default: the notebook's own)")
     ap.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                     help="another parameter, e.g. -p EPOCHS 40 (VALUE read as a Python literal)")
     args = ap.parse_args()
     overrides = {k: _literal(v) for k, v in args.param}
-    ok = [run(nb, args.profile, args.figures, overrides) for nb in args.notebooks]
+    ok = [run(nb, args.profile, args.figures, overrides, args.replace) for nb in args.notebooks]
     sys.exit(0 if all(ok) else 1)
