@@ -104,6 +104,24 @@ def _check_neuron_args(v_th=10.0, tau_m=10.0, s_max=15, surrogate="f2", reset_gr
         raise ValueError(f"reset_grad must be one of {RESET_GRADS}, got {reset_grad!r}")
 
 
+def _expect(name, value, types, ok=lambda v: True, expected=""):
+    """Raise TypeError (wrong type) or ValueError (wrong value) naming the argument and what it takes.
+    `types`: a type or tuple of types; float means any finite real number. A bool is no number."""
+    number = types is float
+    if (isinstance(value, bool) and types is not bool) or not isinstance(value, (int, float) if number else types):
+        raise TypeError(f"{name} must be {expected}, got {type(value).__name__} {value!r}")
+    if (number and not math.isfinite(value)) or not ok(value):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+
+
+def _positive_int(name, value):
+    _expect(name, value, int, lambda v: v >= 1, "an integer >= 1")
+
+
+def _positive(name, value):
+    _expect(name, value, float, lambda v: v > 0, "a number > 0")
+
+
 # ----------------------------------------------------------------------------------------------
 # 2. The multi-threshold LIF neuron (eqs. 1-5) and its gradient (eqs. 9-13)
 # ----------------------------------------------------------------------------------------------
@@ -296,6 +314,16 @@ def build_net(spec, in_shape, n_classes, *, activation=None, init_gain=0.5, init
     for tok, m in zip(tokens, parsed):
         if m is None:
             raise ValueError(f"spec {spec!r}: cannot parse {tok!r}; expected NCk (conv), Pk (pool) or N (units)")
+    for tok, m in zip(tokens, parsed):
+        if any(int(g) < 1 for g in m.groups() if g is not None):
+            raise ValueError(f"spec {spec!r}: {tok!r} has a size of 0; every count and kernel size must be >= 1")
+    _expect("in_shape", in_shape, (tuple, list, torch.Size),
+            lambda v: all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in v),
+            "a tuple of positive integers, (features,) or (C, H, W)")
+    _positive_int("n_classes", n_classes)
+    _positive("init_gain", init_gain)
+    if init_std is not None:
+        _positive("init_std", init_std)
     shape = tuple(in_shape)
     if len(shape) not in (1, 3):
         raise ValueError(f"in_shape must be (features,) or (C, H, W), got {in_shape!r}")
@@ -368,6 +396,11 @@ def calibrate_init(net, images, rate=1.0, output_rate=0.25, T=2):
     below S_max/n_classes = 1.5, the mean rate the loss asks of it: above that, "fewer spikes" on
     the nine wrong classes outweighs "more spikes" on the right one, and Adam's first steps push
     whole output neurons below threshold, where the surrogate is ~0 and none ever fires again."""
+    _expect("net", net, SpikingNet, expected="a SpikingNet from build_net (with spiking neurons)")
+    _expect("images", images, torch.Tensor, lambda v: v.dim() >= 2 and len(v) >= 1, "a tensor [N, ...] of images")
+    _positive("rate", rate)
+    _positive("output_rate", output_rate)
+    _positive_int("T", T)
     current = net.first(images)
     x, factors = current.unsqueeze(0).expand(T, *current.shape), []
     synapse, n_layers = net.first[-1], len(net.neurons())
@@ -603,6 +636,7 @@ def load_dataset(name, train, root=None, device="cpu", subset=None):
     """
     if name not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
+    _expect("train", train, bool, expected="True (training set) or False (test set)")
     device = _check_device(device)
     root = data_root(root)
     if name == "cifar10":
@@ -658,6 +692,9 @@ def evaluate(net, data, T, batch_size=1000):
       all zero, or whose largest count is shared by two or more classes (silent images included):
       for those the readout's tie rule (`SpikingNet.predict`), not the network, picks the class.
     """
+    _expect("data", data, Dataset, expected="a Dataset (from load_dataset)")
+    _positive_int("T", T)
+    _positive_int("batch_size", batch_size)
     net.eval()
     neurons = net.neurons()
     fired = [None] * len(neurons)
@@ -712,6 +749,8 @@ def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, dev
     stops the run with a FloatingPointError naming the epoch and step. `neuron_kwargs` go to
     `build_net` (init_gain, init_mean, init_std) and every `MultiThresholdLIF`.
     """
+    _check_train_args(dataset, epochs, T, batch_size, lr, seed, subset, test_subset, data, augment, checkpoint,
+                      resume, progress, init_rate, init_output_rate)
     device = _check_device(device)
     if device.type == "cpu":
         # Far in the surrogate's tails the chain rule multiplies tiny gradients into denormal floats,
@@ -808,6 +847,28 @@ def _atomic_save(obj, path, keep_previous=False):
     os.replace(tmp, path)
 
 
+def _check_train_args(dataset, epochs, T, batch_size, lr, seed, subset, test_subset, data, augment, checkpoint,
+                      resume, progress, init_rate, init_output_rate):
+    _expect("dataset", dataset, str, lambda v: v in DATASETS, f"one of {DATASETS}")
+    for name, value in (("epochs", epochs), ("T", T), ("batch_size", batch_size)):
+        _positive_int(name, value)
+    _positive("lr", lr)
+    _expect("seed", seed, int, lambda v: v >= 0, "an integer >= 0")
+    for name, value in (("subset", subset), ("test_subset", test_subset)):
+        if value is not None:
+            _positive_int(name, value)
+    if data is not None:
+        _expect("data", data, (tuple, list), lambda v: len(v) == 2 and all(isinstance(d, Dataset) for d in v),
+                "a pair (train, test) of Datasets from load_dataset")
+    for name, value in (("augment", augment), ("resume", resume), ("progress", progress)):
+        _expect(name, value, bool, expected="True or False")
+    if checkpoint is not None:
+        _expect("checkpoint", checkpoint, (str, os.PathLike), expected="a file path")
+    if init_rate is not None:
+        _positive("init_rate", init_rate)
+    _positive("init_output_rate", init_output_rate)
+
+
 def save_checkpoint(state, path):
     """Write `state` to `path` atomically, keeping the checkpoint it replaces as `path` + ".prev": a
     kill at any moment leaves at least one complete checkpoint."""
@@ -855,8 +916,12 @@ def train_sweep(configs, processes=2, threads=None, **common):
     with `threads` CPU threads (default: the machine's threads split between the workers); on a
     GPU the workers' small kernels overlap. processes=1 runs them one after another in this process.
     """
+    _expect("configs", configs, (list, tuple), lambda v: all(isinstance(c, dict) for c in v), "a list of dicts")
+    _positive_int("processes", processes)
+    if threads is not None:
+        _positive_int("threads", threads)
     runs = [dict(common, **c) for c in configs]
-    threads = threads or max(1, torch.get_num_threads() // max(processes, 1))
+    threads = threads or max(1, torch.get_num_threads() // processes)
     if processes <= 1:
         return [_train_quietly(dict(r, threads=threads)) for r in runs]
     import multiprocessing as mp

@@ -856,3 +856,63 @@ def test_bad_dataset_device_subset():
 def test_bad_subset(subset):
     with pytest.raises(ValueError, match="subset"):
         mt.load_dataset("mnist", False, subset=subset)
+
+
+BAD_ARGUMENTS = [  # (function name, keyword arguments, the argument named, the error)
+    ("build_net", dict(spec="15C0-P2-10"), "spec", ValueError),
+    ("build_net", dict(spec="15C5-P0-10"), "spec", ValueError),
+    ("build_net", dict(in_shape=(1, 0, 28)), "in_shape", ValueError),
+    ("build_net", dict(in_shape=28), "in_shape", TypeError),
+    ("build_net", dict(n_classes=0), "n_classes", ValueError),
+    ("build_net", dict(n_classes=2.5), "n_classes", TypeError),
+    ("build_net", dict(init_gain=0), "init_gain", ValueError),
+    ("build_net", dict(init_gain="big"), "init_gain", TypeError),
+    ("build_net", dict(init_std=-0.5), "init_std", ValueError),
+    ("build_net", dict(init_mean="middle"), "init_mean", ValueError),
+    ("train", dict(dataset="svhn"), "dataset", ValueError),
+    ("train", dict(epochs=0), "epochs", ValueError),
+    ("train", dict(epochs=2.0), "epochs", TypeError),
+    ("train", dict(T=0), "T", ValueError),
+    ("train", dict(batch_size=True), "batch_size", TypeError),
+    ("train", dict(lr=-0.1), "lr", ValueError),
+    ("train", dict(lr=float("inf")), "lr", ValueError),
+    ("train", dict(lr="0.005"), "lr", TypeError),
+    ("train", dict(seed=-1), "seed", ValueError),
+    ("train", dict(subset=0), "subset", ValueError),
+    ("train", dict(test_subset=1.5), "test_subset", TypeError),
+    ("train", dict(data=(1, 2)), "data", ValueError),
+    ("train", dict(augment="yes"), "augment", TypeError),
+    ("train", dict(resume=1), "resume", TypeError),
+    ("train", dict(checkpoint=3), "checkpoint", TypeError),
+    ("train", dict(init_rate=0), "init_rate", ValueError),
+    ("train", dict(init_output_rate=-1), "init_output_rate", ValueError),
+    ("evaluate", dict(T=0), "T", ValueError),
+    ("evaluate", dict(batch_size=0), "batch_size", ValueError),
+    ("evaluate", dict(data=torch.zeros(3, 784)), "data", TypeError),
+    ("calibrate_init", dict(rate=0), "rate", ValueError),
+    ("calibrate_init", dict(output_rate=float("nan")), "output_rate", ValueError),
+    ("calibrate_init", dict(images=torch.zeros(0, 784)), "images", ValueError),
+    ("calibrate_init", dict(T=1.5), "T", TypeError),
+    ("train_sweep", dict(configs=[1, 2]), "configs", ValueError),
+    ("train_sweep", dict(processes=0), "processes", ValueError),
+    ("train_sweep", dict(threads=-2), "threads", ValueError),
+    ("load_dataset", dict(train="yes"), "train", TypeError),
+]
+
+
+@pytest.mark.parametrize("fn,kw,param,error", BAD_ARGUMENTS, ids=lambda v: v if isinstance(v, str) else None)
+def test_bad_argument_names_itself(fn, kw, param, error):
+    """Misuse of a public argument ends in a ValueError or TypeError naming it, before any work."""
+    net = mt.build_net("784-10", (784,), 10)
+    data = mt.Dataset("mnist", "mnist", torch.zeros(4, 784), torch.zeros(4, dtype=torch.long))
+    calls = {
+        "build_net": lambda **k: mt.build_net(**{"spec": "784-10", "in_shape": (784,), "n_classes": 10, **k}),
+        "train": lambda **k: mt.train(**{"spec": "784-10", "dataset": "mnist", "data": (data, data),
+                                         "progress": False, **k}),
+        "evaluate": lambda **k: mt.evaluate(**{"net": net, "data": data, "T": 2, **k}),
+        "calibrate_init": lambda **k: mt.calibrate_init(**{"net": net, "images": torch.zeros(4, 784), **k}),
+        "train_sweep": lambda **k: mt.train_sweep(**{"configs": [], **k}),
+        "load_dataset": lambda **k: mt.load_dataset(**{"name": "mnist", "train": False, **k}),
+    }
+    with pytest.raises(error, match=rf"\b{param}\b"):
+        calls[fn](**kw)
