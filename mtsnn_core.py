@@ -991,7 +991,8 @@ def result_row(name, results, paper_accuracy=None, **extra):
                best_epoch=[h["epoch"] for h in best], paper_accuracy=paper_accuracy,
                silent_outputs=[r["history"][-1].get("silent_outputs") for r in results],
                output_tied=[r["history"][-1].get("output_tied") for r in results],
-               history=[r["history"] for r in results], config=cfg)
+               history=[r["history"] for r in results], config=cfg,
+               run_device=[r.get("device") for r in results])  # each run's own device and threads
     return {**row, **extra}  # extra fields, e.g. the swept parameter, may also restate a standard one
 
 
