@@ -908,25 +908,43 @@ def _train_quietly(kwargs):
         torch.set_num_threads(before)
 
 
-def train_sweep(configs, processes=2, threads=None, **common):
-    """Run `train(**common, **config)` for every config, `processes` at a time, and return the
-    results (without models) in the order given.
+def train_sweep(configs, processes=2, threads=None, executor=None, checkpoint_dir=None, **common):
+    """Run `train(**common, **config)` for every config and return the results (without models) in
+    the order given.
 
-    Independent runs share the hardware instead of queueing: each worker process trains one run
-    with `threads` CPU threads (default: the machine's threads split between the workers); on a
-    GPU the workers' small kernels overlap. processes=1 runs them one after another in this process.
+    Independent runs share the hardware instead of queueing: by default `processes` worker
+    processes (spawned) each train one run with `threads` CPU threads (default: the machine's
+    threads split between the workers); a worker that dies raises BrokenProcessPool instead of
+    leaving the sweep waiting. processes=1 runs them one after another in this process. `executor`,
+    any concurrent.futures-style executor (`submit(fn, arg)` returning futures), replaces the local
+    pool. With `checkpoint_dir`, every run checkpoints there under a name derived from its
+    configuration and resumes from it when the sweep is run again.
     """
     _expect("configs", configs, (list, tuple), lambda v: all(isinstance(c, dict) for c in v), "a list of dicts")
     _positive_int("processes", processes)
     if threads is not None:
         _positive_int("threads", threads)
     runs = [dict(common, **c) for c in configs]
+    if checkpoint_dir is not None:
+        _expect("checkpoint_dir", checkpoint_dir, (str, os.PathLike), expected="a folder path")
+        runs = [dict(r, checkpoint=str(Path(checkpoint_dir) / f"{_run_name(r)}.pt"), resume=True) for r in runs]
     threads = threads or max(1, torch.get_num_threads() // processes)
-    if processes <= 1:
-        return [_train_quietly(dict(r, threads=threads)) for r in runs]
+    jobs = [dict(r, threads=threads, progress=False) for r in runs]
+    if executor is not None:
+        return [future.result() for future in [executor.submit(_train_quietly, job) for job in jobs]]
+    if processes == 1:
+        return [_train_quietly(job) for job in jobs]
     import multiprocessing as mp
-    with mp.get_context("spawn").Pool(processes) as pool:
-        return pool.map(_train_quietly, [dict(r, threads=threads, progress=False) for r in runs], chunksize=1)
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(processes, mp_context=mp.get_context("spawn")) as pool:
+        return list(pool.map(_train_quietly, jobs))
+
+
+def _run_name(run):
+    """A file name for one run of a sweep: dataset, network and a hash of its whole configuration."""
+    key = json.dumps({k: v for k, v in run.items() if k not in ("data", "progress")}, sort_keys=True, default=str)
+    spec = re.sub(r"[^0-9A-Za-z]+", "_", str(run.get("spec")))
+    return f"{run.get('dataset')}_{spec}_{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
 
 def device_name(device):

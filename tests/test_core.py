@@ -784,6 +784,28 @@ def test_silent_output_neuron_warns_with_its_index(mnist_512, monkeypatch):
 
 
 @needs_mnist
+def test_sweep_paths_agree_and_resume(tmp_path):
+    """A sweep gives the same rows in this process, in a pool of worker processes, and through a
+    concurrent.futures executor (bit for bit on the CPU, one thread each); with checkpoint_dir a
+    second call finds every run finished and returns its stored history."""
+    import concurrent.futures
+    import multiprocessing
+    configs = [dict(lr=0.005), dict(lr=0.002)]
+    common = dict(spec="784-800-10", dataset="mnist", epochs=1, subset=256, test_subset=256, threads=1)
+    acc = lambda rows: [[h["test_accuracy"] for h in r["history"]] for r in rows]
+    here = mt.train_sweep(configs, processes=1, **common)
+    pooled = mt.train_sweep(configs, processes=2, **common)
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as ex:
+        executed = mt.train_sweep(configs, executor=ex, **common)
+    assert acc(here) == acc(pooled) == acc(executed)
+    assert [r["history"][0]["loss"] for r in here] == [r["history"][0]["loss"] for r in executed]
+    first = mt.train_sweep(configs, processes=1, checkpoint_dir=tmp_path, **common)
+    assert len(list(tmp_path.glob("mnist_784_800_10_*.pt"))) == 2
+    again = mt.train_sweep(configs, processes=1, checkpoint_dir=tmp_path, **common)
+    assert [r["history"] for r in again] == [r["history"] for r in first]
+
+
+@needs_mnist
 def test_nan_loss_stops_with_epoch_and_step(mnist_512, monkeypatch):
     """A non-finite loss stops training with a FloatingPointError naming the epoch and step."""
     real, calls = mt.spike_mse_loss, []
