@@ -899,13 +899,60 @@ def _keyword_defaults(fn):
             if p.default is not p.empty and k != "activation"}
 
 
-def _train_quietly(kwargs):
-    before = torch.get_num_threads()
-    torch.set_num_threads(kwargs.pop("threads"))
-    try:
-        return to_json(train(**kwargs))
-    finally:
-        torch.set_num_threads(before)
+class _SweepJob:
+    """One run of a sweep as a picklable callable. On a cluster, submitit calls `checkpoint` when
+    the job is preempted or reaches its time limit: the job is requeued with the same arguments and
+    `train` resumes from the run's own checkpoint (train_sweep's checkpoint_dir)."""
+
+    def __call__(self, job):
+        job = dict(job)
+        if job.get("device") == "auto":  # a cluster job picks the device of the node it runs on
+            job["device"] = pick_device("auto")
+        threads = job.pop("threads")
+        if os.environ.get("SLURM_CPUS_PER_TASK"):  # a Slurm job uses the CPUs it was given
+            threads = int(os.environ["SLURM_CPUS_PER_TASK"])
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return to_json(train(**job))
+        finally:
+            torch.set_num_threads(before)
+
+    def checkpoint(self, job):
+        from submitit.helpers import DelayedSubmission
+        return DelayedSubmission(self, job)
+
+
+def make_executor(kind="local", folder="runs/submitit", partition=None, timeout_min=240, gpu_type=None, gpus=1,
+                  cpus_per_task=8, **slurm):
+    """The executor `train_sweep` sends its runs to, by name.
+
+    "local": None, i.e. train_sweep's own pool of worker processes. "slurm": every run is its own
+    Slurm job (submitit) on `partition` with `gpus` GPUs (of `gpu_type`, e.g. "a100", when given),
+    `cpus_per_task` CPUs and a time limit of `timeout_min` minutes; a preempted or timed-out job is
+    requeued and resumes from its checkpoint. Further sbatch options go in `slurm` (submitit's
+    SlurmExecutor parameters, e.g. account="lab"). "submitit-local": submitit's LocalExecutor, the
+    same path as "slurm" with subprocesses on this machine (for tests). Job scripts and logs go to
+    `folder`, which must be on a filesystem the nodes share, like the data and checkpoints.
+    """
+    _expect("kind", kind, str, lambda v: v in ("local", "slurm", "submitit-local"),
+            '"local", "slurm" or "submitit-local"')
+    if kind == "local":
+        return None
+    import submitit
+    if kind == "submitit-local":
+        executor = submitit.LocalExecutor(folder=str(folder))
+        executor.update_parameters(timeout_min=timeout_min)
+        return executor
+    _expect("partition", partition, str, expected="the Slurm partition's name")
+    _positive_int("timeout_min", timeout_min)
+    _positive_int("gpus", gpus)
+    _positive_int("cpus_per_task", cpus_per_task)
+    executor = submitit.SlurmExecutor(folder=str(folder), max_num_timeout=20)
+    gpu = dict(gres=f"gpu:{gpu_type}:{gpus}") if gpu_type else dict(gpus_per_node=gpus)
+    executor.update_parameters(partition=partition, time=timeout_min, cpus_per_task=cpus_per_task, ntasks_per_node=1,
+                               nodes=1, signal_delay_s=120, **gpu, **slurm)
+    return executor
 
 
 def train_sweep(configs, processes=2, threads=None, executor=None, checkpoint_dir=None, **common):
@@ -916,9 +963,10 @@ def train_sweep(configs, processes=2, threads=None, executor=None, checkpoint_di
     processes (spawned) each train one run with `threads` CPU threads (default: the machine's
     threads split between the workers); a worker that dies raises BrokenProcessPool instead of
     leaving the sweep waiting. processes=1 runs them one after another in this process. `executor`,
-    any concurrent.futures-style executor (`submit(fn, arg)` returning futures), replaces the local
-    pool. With `checkpoint_dir`, every run checkpoints there under a name derived from its
-    configuration and resumes from it when the sweep is run again.
+    any concurrent.futures-style executor (`submit(fn, arg)` returning futures; `make_executor`
+    gives a Slurm one), replaces the local pool. With `checkpoint_dir`, every run checkpoints there
+    under a name derived from its configuration and resumes from it when the sweep is run again
+    (or when a cluster requeues its job).
     """
     _expect("configs", configs, (list, tuple), lambda v: all(isinstance(c, dict) for c in v), "a list of dicts")
     _positive_int("processes", processes)
@@ -931,13 +979,13 @@ def train_sweep(configs, processes=2, threads=None, executor=None, checkpoint_di
     threads = threads or max(1, torch.get_num_threads() // processes)
     jobs = [dict(r, threads=threads, progress=False) for r in runs]
     if executor is not None:
-        return [future.result() for future in [executor.submit(_train_quietly, job) for job in jobs]]
+        return [future.result() for future in [executor.submit(_SweepJob(), job) for job in jobs]]
     if processes == 1:
-        return [_train_quietly(job) for job in jobs]
+        return [_SweepJob()(job) for job in jobs]
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
     with ProcessPoolExecutor(processes, mp_context=mp.get_context("spawn")) as pool:
-        return list(pool.map(_train_quietly, jobs))
+        return list(pool.map(_SweepJob(), jobs))
 
 
 def _run_name(run):
@@ -996,20 +1044,22 @@ def pick_device(device="auto"):
 def result_row(name, results, paper_accuracy=None, **extra):
     """One table row from the `train` results of several seeds of the same configuration: the last
     epoch's test accuracy per seed with mean and (n - 1) standard deviation, the best epoch beside
-    it, the silent outputs and ties of the last epoch, and every seed's per-epoch history."""
+    it, the silent outputs and ties of the last epoch, and every seed's per-epoch history. A result
+    without a history (a converted network: no training epochs of its own) gives None for those."""
     cfg = results[0]["config"]
     acc = [r["test_accuracy"] for r in results]
     mean = sum(acc) / len(acc)
     std = math.sqrt(sum((a - mean) ** 2 for a in acc) / (len(acc) - 1)) if len(acc) > 1 else 0.0
-    best = [max(r["history"], key=lambda h: h["test_accuracy"]) for r in results]
+    histories = [r.get("history") or [{}] for r in results]
+    best = [max(h, key=lambda e: e.get("test_accuracy", 0.0)) for h in histories]
     row = dict(name=name, dataset=results[0]["dataset_variant"], network=cfg["spec"], T=cfg["T"],
                s_max=cfg.get("s_max", 15), surrogate=cfg.get("surrogate", "f2"), alpha_w=cfg.get("alpha_w", 20.0),
                epochs=cfg["epochs"], seeds=[r["config"]["seed"] for r in results], reported="last epoch", accuracy=acc,
-               accuracy_mean=mean, accuracy_std=std, accuracy_best=[h["test_accuracy"] for h in best],
-               best_epoch=[h["epoch"] for h in best], paper_accuracy=paper_accuracy,
-               silent_outputs=[r["history"][-1].get("silent_outputs") for r in results],
-               output_tied=[r["history"][-1].get("output_tied") for r in results],
-               history=[r["history"] for r in results], config=cfg,
+               accuracy_mean=mean, accuracy_std=std, accuracy_best=[e.get("test_accuracy") for e in best],
+               best_epoch=[e.get("epoch") for e in best], paper_accuracy=paper_accuracy,
+               silent_outputs=[h[-1].get("silent_outputs") for h in histories],
+               output_tied=[h[-1].get("output_tied") for h in histories],
+               history=[r.get("history") for r in results], config=cfg,
                run_device=[r.get("device") for r in results])  # each run's own device and threads
     return {**row, **extra}  # extra fields, e.g. the swept parameter, may also restate a standard one
 

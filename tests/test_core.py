@@ -6,6 +6,7 @@ under $MTSNN_DATA (./data if unset) and are skipped when the dataset is not ther
 Run: MTSNN_DATA=/path/to/data .venv/bin/python -m pytest tests/test_core.py
 """
 import math
+import os
 import shutil
 import warnings
 
@@ -919,6 +920,11 @@ BAD_ARGUMENTS = [  # (function name, keyword arguments, the argument named, the 
     ("train_sweep", dict(processes=0), "processes", ValueError),
     ("train_sweep", dict(threads=-2), "threads", ValueError),
     ("load_dataset", dict(train="yes"), "train", TypeError),
+    ("make_executor", dict(kind="kubernetes"), "kind", ValueError),
+    ("make_executor", dict(partition=3), "partition", TypeError),
+    ("make_executor", dict(timeout_min=0), "timeout_min", ValueError),
+    ("make_executor", dict(gpus=0), "gpus", ValueError),
+    ("make_executor", dict(cpus_per_task=1.5), "cpus_per_task", TypeError),
 ]
 
 
@@ -935,6 +941,74 @@ def test_bad_argument_names_itself(fn, kw, param, error):
         "calibrate_init": lambda **k: mt.calibrate_init(**{"net": net, "images": torch.zeros(4, 784), **k}),
         "train_sweep": lambda **k: mt.train_sweep(**{"configs": [], **k}),
         "load_dataset": lambda **k: mt.load_dataset(**{"name": "mnist", "train": False, **k}),
+        "make_executor": lambda **k: mt.make_executor(**{"kind": "slurm", "partition": "gpu", **k}),
     }
     with pytest.raises(error, match=rf"\b{param}\b"):
         calls[fn](**kw)
+
+
+@needs_mnist
+def test_sweep_through_submitit_matches_pool_and_resumes_a_killed_job(tmp_path):
+    """submitit's LocalExecutor (real subprocesses, the Slurm path's code) gives the local pool's
+    rows bit for bit; a job killed after its first epoch's checkpoint resumes from it when the sweep
+    is run again, and ends where an uninterrupted run ends."""
+    import time
+    pytest.importorskip("submitit")
+    configs = [dict(lr=0.005), dict(lr=0.002)]
+    common = dict(spec="784-800-10", dataset="mnist", epochs=2, subset=256, test_subset=256, threads=1)
+    acc = lambda rows: [[h["test_accuracy"] for h in r["history"]] for r in rows]
+    pooled = mt.train_sweep(configs, processes=2, **common)
+    submitted = mt.train_sweep(configs, executor=mt.make_executor("submitit-local", folder=tmp_path / "jobs"), **common)
+    assert acc(submitted) == acc(pooled)
+    assert [r["history"][-1]["loss"] for r in submitted] == [r["history"][-1]["loss"] for r in pooled]
+
+    executor = mt.make_executor("submitit-local", folder=tmp_path / "jobs2")
+    job = dict(common, **configs[0], subset=2048, epochs=3, progress=False, checkpoint=str(tmp_path / "run.pt"),
+               resume=True)
+    running = executor.submit(mt._SweepJob(), job)
+    deadline = time.time() + 300
+    while not os.path.exists(job["checkpoint"]) and time.time() < deadline:
+        time.sleep(0.1)
+    running.cancel()
+    while not running.done() and time.time() < deadline:
+        time.sleep(0.1)
+    killed_after = len(mt.load_checkpoint(job["checkpoint"])["history"])
+    resumed = executor.submit(mt._SweepJob(), job).result()
+    whole = mt.train_sweep([configs[0]], processes=1, **dict(common, subset=2048, epochs=3))
+    assert 1 <= killed_after < 3
+    assert acc([resumed]) == acc(whole)
+    assert resumed["history"][-1]["loss"] == whole[0]["history"][-1]["loss"]
+
+
+def test_slurm_executor_submits_one_job_per_run_with_the_asked_resources(tmp_path, monkeypatch):
+    """The Slurm path up to submission, with a fake sbatch on PATH that records the job script (and an
+    srun, which submitit looks for):
+    the partition, time limit, GPU type and requeue signal are in it."""
+    pytest.importorskip("submitit")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" "{tmp_path}/job_$$.sh"\necho "Submitted batch job 4242"\n')
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit checks that srun exists; it runs on the nodes
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    executor = mt.make_executor("slurm", folder=tmp_path / "jobs", partition="gpu-test", timeout_min=90,
+                                gpu_type="h100", cpus_per_task=6)
+    job = executor.submit(mt._SweepJob(), dict(spec="784-800-10", dataset="mnist", threads=1))
+    assert job.job_id == "4242"
+    (script,) = tmp_path.glob("job_*.sh")
+    text = script.read_text()
+    for line in ("#SBATCH --partition=gpu-test", "#SBATCH --time=90", "#SBATCH --gres=gpu:h100:1",
+                 "#SBATCH --cpus-per-task=6", "#SBATCH --signal=USR2@120"):
+        assert line in text, line
+    with pytest.raises(TypeError, match="partition"):
+        mt.make_executor("slurm")
+
+
+def test_result_row_of_a_run_without_history():
+    """A converted network has no training epochs: its row has the accuracy and None for the
+    per-epoch fields instead of failing."""
+    row = mt.result_row("converted, T=4", [dict(config=dict(spec="784-10", T=4, epochs=2, seed=0),
+                                                dataset_variant="mnist", test_accuracy=91.0)])
+    assert row["accuracy"] == [91.0] and row["accuracy_mean"] == 91.0
+    assert row["best_epoch"] == [None] and row["history"] == [None] and row["silent_outputs"] == [None]
