@@ -1,0 +1,83 @@
+"""The first epochs of the convolutional networks under the core's defaults and a few variations:
+the table of the issue "The convolutional networks barely learn", rerun.
+
+    python tools/start_of_training.py [--out figures/start_of_training.json]
+
+Rows already in --out (same name and dataset) are kept and not rerun, so an interrupted run goes on.
+
+Every run: seed 0, one CPU thread (the 32C5 FashionMNIST run: two), Table 1 settings apart from
+the variation named. MNIST/FashionMNIST runs train on all 60 000 images and test on the first
+2 000 test images; the CIFAR-10 runs train the quick network on the first 10 000 images of the
+cifar10-jpeg75 copy and test on 2 000. Per epoch: test accuracy, the output neurons that never
+fired on the test images, and the share of tied test images. Each row records its runtime.
+"""
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+import mtsnn_convert as mc
+import mtsnn_core as mt
+
+MNIST_CNN, FMNIST_CNN = "15C5-P2-40C5-P2-300", "32C5-P2-64C5-P2-1024"
+QUICK_CIFAR = "16C3-32C3-P2-64C3-P2-64C3-32C3-256-256"
+NEURON = dict(T=2, s_max=15, surrogate="f2", alpha_h=1.0, alpha_w=20.0, v_th=10.0, tau_m=10.0)
+RUNS = [  # name, dataset, spec, epochs, train images, threads, changes from the defaults
+    ("defaults", "mnist", MNIST_CNN, 3, None, 1, {}),
+    ("init_gain 2.0", "mnist", MNIST_CNN, 2, None, 1, dict(init_gain=2.0)),
+    ("init_gain 1.0", "mnist", MNIST_CNN, 3, None, 1, dict(init_gain=1.0)),
+    ("lr 0.0005", "mnist", MNIST_CNN, 2, None, 1, dict(lr=0.0005)),
+    ("lr 0.001", "mnist", MNIST_CNN, 2, None, 1, dict(lr=0.001)),
+    ("previous default: mean V_th/N everywhere, init_gain 1.0, no scaling", "mnist", MNIST_CNN, 3, None, 1,
+     dict(init_mean="all", init_gain=1.0, init_rate=None)),
+    ("lr 0.0005 (the paper's CIFAR-10 rate)", "cifar10", QUICK_CIFAR, 3, 10_000, 1, dict(lr=0.0005)),
+    ("lr 0.0005, init_gain 1.0", "cifar10", QUICK_CIFAR, 3, 10_000, 1, dict(lr=0.0005, init_gain=1.0)),
+    ("lr 0.002 (the quick profile's)", "cifar10", QUICK_CIFAR, 3, 10_000, 1, dict(lr=0.002)),
+    ("lr 0.005", "cifar10", QUICK_CIFAR, 3, 10_000, 1, dict(lr=0.005)),
+    ("ReLU twin (cross-entropy, Adam 1e-3)", "cifar10", QUICK_CIFAR, 3, 10_000, 1, dict(relu=True)),
+    ("defaults", "fmnist", FMNIST_CNN, 1, None, 2, {}),
+]
+
+
+def run(name, dataset, spec, epochs, subset, threads, change):
+    torch.set_num_threads(threads)
+    data = mt.load_dataset(dataset, True, subset=subset), mt.load_dataset(dataset, False, subset=2000)
+    t0 = time.time()
+    if change.get("relu"):
+        _, _, history = mc.train_ann(spec, *data, epochs=epochs, lr=1e-3, seed=0)
+        epochs_out = [dict(epoch=h["epoch"], test_accuracy=h["test_accuracy"]) for h in history]
+    else:
+        kw = {"lr": 0.005, **NEURON, **change}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # silent outputs are reported in the table instead
+            r = mt.train(spec, dataset, epochs=epochs, data=data, seed=0, progress=False, **kw)
+        epochs_out = [{k: h[k] for k in ("epoch", "test_accuracy", "silent_outputs", "output_tied", "silent_fraction")}
+                      for h in r["history"]]
+    return dict(name=name, dataset=data[0].variant, network=spec, train_images=len(data[0]), test_images=len(data[1]),
+                threads=threads, change={k: v for k, v in change.items() if k != "relu"}, epochs=epochs_out,
+                seconds=round(time.time() - t0, 1))
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="figures/start_of_training.json")
+    args = ap.parse_args()
+    torch.set_flush_denormal(True)
+    out = Path(args.out)
+    rows = json.loads(out.read_text())["rows"] if out.exists() else []
+    done = {(r["name"], r["dataset"].split("-")[0]) for r in rows}
+    for spec in RUNS:
+        if spec[:2] in done:
+            continue
+        rows.append(run(*spec))
+        r = rows[-1]
+        print(f"{r['dataset']:15s} {r['network']:40s} {r['name']:45s} "
+              + "  ".join(f"{e['test_accuracy']:6.2f}" + (f" silent {e['silent_outputs']}" if e.get("silent_outputs")
+                                                            else "") for e in r["epochs"])
+              + f"  ({r['seconds']:.0f} s)", flush=True)
+        Path(args.out).write_text(json.dumps(dict(tool="tools/start_of_training.py", torch=torch.__version__,
+                                                  device=mt.device_name("cpu").split(",")[0] + ")", seed=0, rows=rows),
+                                             indent=1) + "\n")
