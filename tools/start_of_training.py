@@ -25,6 +25,8 @@ import mtsnn_core as mt
 MNIST_CNN, FMNIST_CNN = "15C5-P2-40C5-P2-300", "32C5-P2-64C5-P2-1024"
 QUICK_CIFAR = "16C3-32C3-P2-64C3-P2-64C3-32C3-256-256"
 NEURON = dict(T=2, s_max=15, surrogate="f2", alpha_h=1.0, alpha_w=20.0, v_th=10.0, tau_m=10.0)
+PROFILE = ("its own, not a notebook profile: seed 0, Table 1 settings with one change per row, tested on the first "
+           "2,000 test images; each row gives its training images, epochs and CPU threads")
 RUNS = [  # name, dataset, spec, epochs, train images, threads, changes from the defaults
     ("defaults", "mnist", MNIST_CNN, 3, None, 1, {}),
     ("init_gain 2.0", "mnist", MNIST_CNN, 2, None, 1, dict(init_gain=2.0)),
@@ -78,6 +80,7 @@ if __name__ == "__main__":
               + "  ".join(f"{e['test_accuracy']:6.2f}" + (f" silent {e['silent_outputs']}" if e.get("silent_outputs")
                                                             else "") for e in r["epochs"])
               + f"  ({r['seconds']:.0f} s)", flush=True)
-        Path(args.out).write_text(json.dumps(dict(tool="tools/start_of_training.py", torch=torch.__version__,
-                                                  device=mt.device_name("cpu").split(",")[0] + ")", seed=0, rows=rows),
-                                             indent=1) + "\n")
+        Path(args.out).write_text(json.dumps(dict(tool="tools/start_of_training.py", profile=PROFILE,
+                                                  torch=torch.__version__, seed=0,
+                                                  device=mt.device_name("cpu").split(",")[0] + ")",
+                                                  provenance=mt.provenance(), rows=rows), indent=1) + "\n")
