@@ -22,7 +22,6 @@ synaptic layers once on [steps*batch, ...]; only the neurons loop over time (ele
 """
 from __future__ import annotations
 
-import math
 import time
 
 import torch
@@ -61,29 +60,20 @@ def ann_accuracy(net, data, batch_size=1000):
 def train_ann(spec, train_ds, test_ds, epochs=2, lr=1e-3, seed=0, batch_size=128, augment=True,
               progress=False):
     """Train the ReLU network `spec` (a string in the paper's notation, or a module such as
-    `ResNet` whose `forward(x, 1)[0]` gives logits) with cross-entropy and Adam. Shuffling and
-    crop augmentation (`Dataset.augment`) draw from a generator seeded with (seed, epoch), as in
-    `mt.train`. Returns (model in eval mode, test accuracy %, history of per-epoch rows)."""
+    `ResNet` whose `forward(x, 1)[0]` gives logits) with cross-entropy and Adam, epoch by epoch
+    with `mt.train_epoch` (the spiking nets' loop: same shuffling and crops for the same seed).
+    Returns (model in eval mode, test accuracy %, history of per-epoch rows)."""
     torch.manual_seed(seed)
-    device = train_ds.x.device
-    net = (ann_net(spec, train_ds.x.shape[1:]) if isinstance(spec, str) else spec).to(device)
+    net = (ann_net(spec, train_ds.x.shape[1:]) if isinstance(spec, str) else spec).to(train_ds.x.device)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    steps, history = math.ceil(len(train_ds) / batch_size), []
+    history = []
     for epoch in range(epochs):
-        t0, net = time.time(), net.train()
-        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        order = torch.randperm(len(train_ds), generator=g).to(device)
-        losses = torch.zeros(steps, device=device)
-        for step in range(steps):
-            idx = order[step * batch_size:(step + 1) * batch_size]
-            xb = train_ds.augment(train_ds.x[idx], g) if augment else train_ds.x[idx]
-            loss = F.cross_entropy(net(xb, 1)[0], train_ds.y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses[step] = loss.detach()
-        history.append(dict(epoch=epoch + 1, loss=losses.mean().item(), test_accuracy=ann_accuracy(net, test_ds),
-                            seconds=time.time() - t0))
+        t0 = time.time()
+        losses, correct, _ = mt.train_epoch(net, opt, train_ds, lambda out, y: F.cross_entropy(out[0], y),
+                                            lambda out: out[0].argmax(1), epoch=epoch, seed=seed,
+                                            batch_size=batch_size, augment=augment)
+        history.append(dict(epoch=epoch + 1, loss=losses.mean().item(), train_accuracy=100.0 * correct / len(train_ds),
+                            test_accuracy=ann_accuracy(net, test_ds), seconds=time.time() - t0))
         if progress:
             print("epoch {epoch:3d}  loss {loss:.4f}  test {test_accuracy:6.2f} %  {seconds:5.1f} s"
                   .format(**history[-1]))
