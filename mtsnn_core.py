@@ -929,6 +929,37 @@ def load_checkpoint(path):
     return None
 
 
+_IN_SHAPES = {"mnist": (1, 28, 28), "fmnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+
+
+def load_model(path, device="cpu"):
+    """The `SpikingNet` stored by `train` in a checkpoint (or by `export_weights`), rebuilt from
+    the configuration saved with it, its trained weights loaded, on `device`."""
+    _expect("path", path, (str, os.PathLike), expected="a checkpoint or weights file path")
+    state = load_checkpoint(path)
+    if state is None:
+        raise FileNotFoundError(f"no checkpoint or weights file at {path} (nor {path}.prev)")
+    cfg = state["config"]
+    names = set(_keyword_defaults(MultiThresholdLIF.__init__)) | set(_keyword_defaults(build_net))
+    net = build_net(cfg["spec"], _IN_SHAPES[cfg["dataset"]], 10, **{k: v for k, v in cfg.items() if k in names})
+    net.load_state_dict(state["model"])
+    return net.to(_check_device(device))
+
+
+def export_weights(checkpoint, path):
+    """Write the model of a finished `train` checkpoint without its optimizer state (a third of
+    the size): weights, configuration, data fingerprint, per-epoch history and provenance, which
+    `load_model` reads."""
+    _expect("checkpoint", checkpoint, (str, os.PathLike), expected="a checkpoint file path")
+    _expect("path", path, (str, os.PathLike), expected="a file path for the weights")
+    state = load_checkpoint(checkpoint)
+    if state is None:
+        raise FileNotFoundError(f"no checkpoint at {checkpoint}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_save({k: v for k, v in state.items() if k != "optimizer"}, path)
+
+
 def _keyword_defaults(fn):
     """The keyword arguments of `fn` that have a default, with it (so a config names every setting)."""
     import inspect
@@ -951,7 +982,7 @@ class _SweepJob:
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            return to_json(train(**job))
+            return dict(to_json(train(**job)), checkpoint=job.get("checkpoint"))  # load_model reads it back
         finally:
             torch.set_num_threads(before)
 
@@ -993,8 +1024,8 @@ def make_executor(kind="local", folder="runs/submitit", partition=None, timeout_
 
 
 def train_sweep(configs, processes=2, threads=None, executor=None, checkpoint_dir=None, **common):
-    """Run `train(**common, **config)` for every config and return the results (without models) in
-    the order given.
+    """Run `train(**common, **config)` for every config and return the results in the order given,
+    without their models (`load_model(result["checkpoint"])` rebuilds one when checkpointed).
 
     Independent runs share the hardware instead of queueing: by default `processes` worker
     processes (spawned) each train one run with `threads` CPU threads (default: the machine's

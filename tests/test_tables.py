@@ -1,0 +1,96 @@
+"""Tests of mtsnn_tables (the table notebooks' shared code) and of the stored trained weights.
+
+The stored-weights test reloads every table run kept in weights/ and evaluates it on the full
+test set: it must give exactly the accuracy its JSON in figures/ records.
+"""
+import json
+
+import pytest
+import torch
+
+import mtsnn_core as mt
+import mtsnn_tables as tb
+
+DATA = mt.data_root()
+HAS = {"mnist": (DATA / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").exists(),
+       "fmnist": (DATA / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte").exists()}
+STORED = sorted({p.name.rsplit("_seed", 1)[0] for p in tb.WEIGHTS_DIR.glob("*_seed*.pt")})
+
+
+def test_profiles_follow_table1_and_the_paper():
+    """full = the paper's network, all images, 200 epochs, seeds 0-4 and the paper's rate per
+    dataset; quick = 3 seeds on all test images; overrides replace the profile's values."""
+    for stem, table in tb.TABLES.items():
+        full = tb.settings(stem, "full")
+        assert (full["spec"], full["epochs"], full["seeds"], full["subset"], full["test_subset"]) == \
+               (mt.PAPER_NETWORKS[table.table][1], 200, [0, 1, 2, 3, 4], None, None)
+        assert full["lr"] == (0.0005 if table.dataset == "cifar10" else 0.005)
+        quick = tb.settings(stem, "quick")
+        assert quick["seeds"] == [0, 1, 2] and quick["test_subset"] is None
+    s = tb.settings("10_mnist_mlp", "full", epochs=3, seeds=[7])
+    assert (s["epochs"], s["seeds"]) == (3, [7])
+    assert tb.settings("30_cifar10_cnn", "quick")["spec"] == mt.QUICK_CIFAR10_SPEC
+    assert mt.TABLE1 == dict(T=2, s_max=15, surrogate="f2", alpha_h=1.0, alpha_w=20.0, v_th=10.0, tau_m=10.0)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(stem="12_mnist"), "stem must be one of"),
+    (dict(profile="fast"), "profile must be one of"),
+    (dict(epochs=0), "epochs must be an integer >= 1"),
+    (dict(seeds=[]), "seeds must be a non-empty list"),
+    (dict(seeds=[0, -1]), "seeds must be a non-empty list"),
+    (dict(seeds=0), "seeds must be a non-empty list"),
+])
+def test_settings_names_the_bad_argument(kwargs, match):
+    args = {"stem": "10_mnist_mlp", "profile": "quick", **kwargs}
+    with pytest.raises((ValueError, TypeError), match=match):
+        tb.settings(**args)
+
+
+def test_pretrained_misuse_is_named(tmp_path):
+    with pytest.raises(ValueError, match="stem must be one of"):
+        tb.stored_settings("99_nothing")
+    with pytest.raises(TypeError, match="test_ds must be the test Dataset"):
+        tb.load_pretrained("10_mnist_mlp", "test")
+    with pytest.raises(FileNotFoundError, match="no stored weights for 30_cifar10_cnn"):
+        tb.load_pretrained("30_cifar10_cnn", mt.Dataset("mnist", "mnist", torch.zeros(1, 1, 28, 28), torch.zeros(1)))
+    with pytest.raises(TypeError, match="checkpoint must be a checkpoint file path"):
+        mt.export_weights(None, tmp_path / "w.pt")
+    with pytest.raises(TypeError, match="path must be a checkpoint or weights file path"):
+        mt.load_model(3)
+
+
+@pytest.mark.parametrize("stem", STORED)
+def test_stored_weights_reproduce_the_stored_accuracy(stem):
+    """weights/<stem>_seed*.pt, evaluated on the whole test set, give exactly the JSON's accuracy,
+    and their histories are the JSON's."""
+    dataset = tb.TABLES[stem].dataset
+    if not HAS[dataset]:
+        pytest.skip(f"{dataset} not under {DATA}")
+    row = json.loads((tb.STORED_DIR / f"{stem}.json").read_text())["rows"][0]
+    results, twin, _ = tb.load_pretrained(stem, mt.load_dataset(dataset, False))
+    assert [r["test_accuracy"] for r in results] == row["accuracy"]
+    assert [r["history"] for r in results] == row["history"]
+    assert twin == row["relu_twin_accuracy"]
+    s = tb.stored_settings(stem)
+    assert (s["profile"], s["epochs"], s["spec"]) == ("full", row["epochs"], tb.TABLES[stem].paper_spec)
+
+
+@pytest.mark.skipif(not HAS["mnist"], reason="MNIST not available")
+def test_load_model_rebuilds_the_trained_net(tmp_path):
+    """load_model on a checkpoint and on its exported weights gives the trained net's outputs, and
+    train_seeds returns each seed's model reloaded from its checkpoint."""
+    data = (mt.load_dataset("mnist", True, subset=256), mt.load_dataset("mnist", False, subset=256))
+    ckpt, weights = tmp_path / "run.pt", tmp_path / "weights.pt"
+    r = mt.train("8C5-P2-32", "mnist", epochs=1, data=data, checkpoint=str(ckpt), progress=False, s_max=7)
+    mt.export_weights(ckpt, weights)
+    assert "optimizer" not in torch.load(weights) and weights.stat().st_size < ckpt.stat().st_size
+    x = data[1].x[:50]
+    for path in (ckpt, weights):
+        torch.testing.assert_close(mt.load_model(path)(x, 2), r["model"](x, 2), rtol=0, atol=0)
+    with pytest.raises(FileNotFoundError, match="no checkpoint or weights file"):
+        mt.load_model(tmp_path / "missing.pt")
+    s = dict(tb.settings("10_mnist_mlp", "test", seeds=[0]), spec="784-32-10")
+    (seed0,) = tb.train_seeds(s, "cpu", checkpoint_dir=tmp_path / "runs")
+    assert mt.evaluate(seed0["model"], data[1], 2)["accuracy"] == pytest.approx(
+        mt.evaluate(mt.load_model(seed0["checkpoint"]), data[1], 2)["accuracy"])
