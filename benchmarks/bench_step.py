@@ -73,13 +73,9 @@ TARGETS = {"max_ratio_relu": 2.2, "max_ratio_spikingjelly": 1.1}
 OURS = ("f1", "f2", "f3")  # the rows checked against TARGETS
 
 # alias, spec, input shape
-NETS = [
-    ("fc1", "784-800-10", (1, 28, 28)),
-    ("fc2", "784-400-400-10", (1, 28, 28)),
-    ("conv1", "15C5-P2-40C5-P2-300", (1, 28, 28)),
-    ("conv2", "32C5-P2-64C5-P2-1024", (1, 28, 28)),
-    ("cifar", "96C3-256C3-P2-384C3-P2-384C3-256C3-1024-1024", (3, 32, 32)),
-]
+NETS = [(alias, mt.PAPER_NETWORKS[table][1], (3, 32, 32) if table == "Table 6" else (1, 28, 28))
+        for alias, table in [("fc1", "Table 2"), ("fc2", "Table 4"), ("conv1", "Table 3"), ("conv2", "Table 5"),
+                             ("cifar", "Table 6")]]
 VARIANTS = ["f1", "f2", "f3", "smax1-f2", "relu-T1", "spikingjelly", "snntorch"]
 CUDA_ONLY = ["f2-bf16"]
 

@@ -22,9 +22,9 @@ import torch
 import mtsnn_convert as mc
 import mtsnn_core as mt
 
-MNIST_CNN, FMNIST_CNN = "15C5-P2-40C5-P2-300", "32C5-P2-64C5-P2-1024"
-QUICK_CIFAR = "16C3-32C3-P2-64C3-P2-64C3-32C3-256-256"
-NEURON = dict(T=2, s_max=15, surrogate="f2", alpha_h=1.0, alpha_w=20.0, v_th=10.0, tau_m=10.0)
+MNIST_CNN, FMNIST_CNN = mt.PAPER_NETWORKS["Table 3"][1], mt.PAPER_NETWORKS["Table 5"][1]
+QUICK_CIFAR = mt.QUICK_CIFAR10_SPEC
+NEURON = mt.TABLE1
 PROFILE = ("its own, not a notebook profile: seed 0, Table 1 settings with one change per row, tested on the first "
            "2,000 test images; each row gives its training images, epochs and CPU threads")
 RUNS = [  # name, dataset, spec, epochs, train images, threads, changes from the defaults
