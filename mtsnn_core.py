@@ -1081,14 +1081,16 @@ def _cpu_model():
 
 
 def provenance():
-    """Which code and software made a result: the git commit (with a flag for uncommitted changes),
-    the torch version and the CPU model."""
+    """Which code and software made a result: the git commit (with a flag for uncommitted changes
+    to the code outside notebooks/, figures/ and weights/), the torch version and the CPU model."""
     import subprocess
     here = Path(__file__).resolve().parent
     git = lambda *a: subprocess.run(["git", *a], cwd=here, capture_output=True, text=True, timeout=10)
     try:
         commit = git("rev-parse", "HEAD").stdout.strip() or None
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip()) if commit else None
+        # outputs and notebooks (which carry their own source) do not count: a batch rewrites them as it goes
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!figures", ":!notebooks",
+                         ":!weights").stdout.strip()) if commit else None
     except (OSError, subprocess.SubprocessError):
         commit = dirty = None
     return dict(commit=commit, dirty=dirty, torch=str(torch.__version__), cpu=_cpu_model())

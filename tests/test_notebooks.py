@@ -43,3 +43,23 @@ def test_notebook_runs(notebook, tmp_path):
                            "--nbval-current-env", "--nbval-cell-timeout=1200", str(copy)],
                           cwd=notebook.parent, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+
+
+def test_a_quick_regeneration_keeps_a_stored_full_run(tmp_path):
+    """tools/run_notebook.py leaves a notebook stored at the full profile untouched when asked for a
+    shorter one, and `make PROFILE=full` passes every notebook a checkpoint folder (runs/) and the
+    table notebooks their executor."""
+    stored = ROOT / "notebooks" / "10_mnist_mlp.ipynb"
+    injected = [c.source for c in nbformat.read(stored, as_version=4).cells
+                if "injected-parameters" in c.metadata.get("tags", [])]
+    assert 'PROFILE = "full"' in injected[0]  # the stored notebook is a full run
+    copy = tmp_path / stored.name
+    copy.write_bytes(stored.read_bytes())
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "run_notebook.py"), "--profile", "quick",
+                           "--figures", str(tmp_path / "figures"), str(copy)], capture_output=True, text=True)
+    assert proc.returncode == 0 and "kept 10_mnist_mlp.ipynb" in proc.stdout, proc.stdout + proc.stderr
+    assert copy.read_bytes() == stored.read_bytes() and not (tmp_path / "figures").exists()
+    dry = subprocess.run(["make", "-n", "PROFILE=full", "EXECUTOR=slurm", "notebooks/11_mnist_cnn.ipynb",
+                          "notebooks/41_alpha_w.ipynb"], cwd=ROOT, capture_output=True, text=True).stdout
+    runs = [line for line in dry.splitlines() if "run_notebook.py" in line]
+    assert len(runs) == 2 and all("-p CHECKPOINT_DIR ../runs" in r and "-p EXECUTOR slurm" in r for r in runs), dry

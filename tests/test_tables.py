@@ -94,3 +94,37 @@ def test_load_model_rebuilds_the_trained_net(tmp_path):
     (seed0,) = tb.train_seeds(s, "cpu", checkpoint_dir=tmp_path / "runs")
     assert mt.evaluate(seed0["model"], data[1], 2)["accuracy"] == pytest.approx(
         mt.evaluate(mt.load_model(seed0["checkpoint"]), data[1], 2)["accuracy"])
+
+
+def test_stored_ledger_matches_the_notebooks_json():
+    """figures/90_summary.json's ledger is what the stored notebooks' JSON gives today: a notebook
+    rerun without rerunning 90 fails here."""
+    stored = json.loads((tb.STORED_DIR / "90_summary.json").read_text())["ledger"]
+    fresh = json.loads(json.dumps(tb.claim_ledger(tb.STORED_DIR)))
+    assert [{k: v for k, v in e.items() if k != "numbers"} for e in stored] == \
+           [{k: v for k, v in e.items() if k != "numbers"} for e in fresh]
+    for s, f in zip(stored, fresh):
+        assert s["numbers"] == pytest.approx(f["numbers"], rel=1e-6)
+
+
+def test_readme_results_are_the_json():
+    """Every row of the README's results table quotes its notebook's JSON: our accuracy (bold),
+    its best epoch, the ReLU twin's, and the seeds."""
+    import re
+    readme = (tb.ROOT / "README.md").read_text()
+    by_table = {t.table: stem for stem, t in tb.TABLES.items()}
+    rows = [line for line in readme.splitlines() if re.match(r"\| Table \d, ", line)]
+    assert len(rows) == len(tb.TABLES)
+    for line in rows:
+        cells = [c.strip() for c in line.strip("|").split(" | ")]
+        stem = by_table[cells[0].split(",")[0]]
+        row = json.loads((tb.STORED_DIR / f"{stem}.json").read_text())["rows"][0]
+        assert re.search(r"\*\*([\d.]+) %\*\*", cells[3]).group(1) == f"{row['accuracy_mean']:.2f}", stem
+        assert cells[4] == f"{row['relu_twin_accuracy']:.2f} %", stem
+        best = re.search(r"best epoch: ([\d.]+) % at (\d+)", cells[3])
+        if best:
+            assert best.groups() == (f"{row['accuracy_best'][0]:.2f}", str(row["best_epoch"][0])), stem
+        if len(row["seeds"]) > 1:
+            assert f"± {row['accuracy_std']:.2f} ({len(row['seeds'])} seeds)" in cells[3], stem
+        else:
+            assert "seed 0 only" in cells[5], stem
