@@ -58,22 +58,37 @@ def ann_accuracy(net, data, batch_size=1000):
 
 
 def train_ann(spec, train_ds, test_ds, epochs=2, lr=1e-3, seed=0, batch_size=128, augment=True,
-              progress=False):
+              progress=False, checkpoint=None):
     """Train the ReLU network `spec` (a string in the paper's notation, or a module such as
     `ResNet` whose `forward(x, 1)[0]` gives logits) with cross-entropy and Adam, epoch by epoch
     with `mt.train_epoch` (the spiking nets' loop: same shuffling and crops for the same seed).
-    Returns (model in eval mode, test accuracy %, history of per-epoch rows)."""
+    With `checkpoint` (a file path) it saves after every epoch, like `mt.train`, and resumes from
+    there when the file holds the same configuration and data. Returns (model in eval mode, test
+    accuracy %, history of per-epoch rows)."""
     torch.manual_seed(seed)
     net = (ann_net(spec, train_ds.x.shape[1:]) if isinstance(spec, str) else spec).to(train_ds.x.device)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    history = []
-    for epoch in range(epochs):
+    config = dict(spec=spec if isinstance(spec, str) else repr(spec), lr=lr, seed=seed, batch_size=batch_size,
+                  augment=augment, data=dict(train=train_ds.fingerprint(), test=test_ds.fingerprint()))
+    state = mt.load_checkpoint(checkpoint) if checkpoint else None
+    if state is not None:
+        if state["config"] != config:
+            raise ValueError(f"checkpoint {checkpoint} holds another ANN run: {state['config']}, not {config}")
+        if len(state["history"]) > epochs:
+            raise ValueError(f"checkpoint {checkpoint} holds {len(state['history'])} epochs, more than {epochs}")
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+    history = state["history"] if state else []
+    for epoch in range(len(history), epochs):
         t0 = time.time()
         losses, correct, _ = mt.train_epoch(net, opt, train_ds, lambda out, y: F.cross_entropy(out[0], y),
                                             lambda out: out[0].argmax(1), epoch=epoch, seed=seed,
                                             batch_size=batch_size, augment=augment)
         history.append(dict(epoch=epoch + 1, loss=losses.mean().item(), train_accuracy=100.0 * correct / len(train_ds),
                             test_accuracy=ann_accuracy(net, test_ds), seconds=time.time() - t0))
+        if checkpoint:
+            mt.save_checkpoint(dict(model=net.state_dict(), optimizer=opt.state_dict(), history=history,
+                                    config=config, provenance=mt.provenance()), checkpoint)
         if progress:
             print("epoch {epoch:3d}  loss {loss:.4f}  test {test_accuracy:6.2f} %  {seconds:5.1f} s"
                   .format(**history[-1]))

@@ -144,10 +144,14 @@ def load_pretrained(stem, test_ds):
     return results, row["relu_twin_accuracy"], row.get("relu_twin_history")
 
 
-def relu_twin(s, train_ds, test_ds):
+def relu_twin(s, train_ds, test_ds, checkpoint_dir=None):
     """The same network with ReLU instead of the spiking neuron, trained on the same images for the
-    same epochs with cross-entropy and Adam at 1e-3 (first seed): "learns normally" at this budget."""
-    _, accuracy, history = mc.train_ann(s["spec"], train_ds, test_ds, epochs=s["epochs"], lr=1e-3, seed=s["seeds"][0])
+    same epochs with cross-entropy and Adam at 1e-3 (first seed): "learns normally" at this budget.
+    With `checkpoint_dir` it saves after every epoch there and a rerun resumes."""
+    seed = s["seeds"][0]
+    checkpoint = checkpoint_dir and str(Path(checkpoint_dir) / f"{s['stem']}_{s['profile']}_relu_twin_seed{seed}.pt")
+    _, accuracy, history = mc.train_ann(s["spec"], train_ds, test_ds, epochs=s["epochs"], lr=1e-3, seed=seed,
+                                        checkpoint=checkpoint)
     return accuracy, history
 
 

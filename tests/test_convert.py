@@ -133,3 +133,19 @@ def test_conversion_reproduces_the_ann_as_T_grows():
     assert agree[16] <= agree[256] + 1 and agree[4] < agree[256]
     assert agree[1024] >= 99.0
     assert r["ann_accuracy"] == pytest.approx(mc.ann_accuracy(ann, test))
+
+
+@needs_mnist
+def test_train_ann_resumes_from_its_checkpoint(tmp_path):
+    """An ANN run stopped after one epoch and resumed from its checkpoint ends with the weights and
+    history of an uninterrupted run; a checkpoint of another run is refused."""
+    data = (mt.load_dataset("mnist", True, subset=256), mt.load_dataset("mnist", False, subset=128))
+    whole, acc, hist = mc.train_ann("784-32-10", *data, epochs=2)
+    ckpt = tmp_path / "ann.pt"
+    mc.train_ann("784-32-10", *data, epochs=1, checkpoint=ckpt)
+    resumed, acc2, hist2 = mc.train_ann("784-32-10", *data, epochs=2, checkpoint=ckpt)
+    for a, b in zip(whole.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+    assert (acc2, [h["loss"] for h in hist2]) == (acc, [h["loss"] for h in hist])
+    with pytest.raises(ValueError, match="holds another ANN run"):
+        mc.train_ann("784-32-10", *data, epochs=2, lr=2e-3, checkpoint=ckpt)
