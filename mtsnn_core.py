@@ -291,6 +291,20 @@ class SpikingNet(nn.Module):
     def neurons(self):
         return [m for m in self.modules() if isinstance(m, MultiThresholdLIF)]
 
+    @torch.no_grad()
+    def record(self, images, T=2):
+        """Every neuron layer's input current x, pre-reset potential h and spikes s during one
+        forward pass: a list (input side first) of dicts of [T, B, ...] tensors on the CPU."""
+        records = []
+        hooks = [n.register_forward_hook(lambda n, inputs, s: records.append(
+            dict(x=inputs[0].cpu(), h=n.run(inputs[0])[1].cpu(), s=s.cpu()))) for n in self.neurons()]
+        try:
+            self(images, T)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return records
+
 
 _TOKEN = re.compile(r"^(?:(\d+)C(\d+)|P(\d+)|(\d+))$")
 

@@ -336,10 +336,11 @@ def _table_entry(stem, doc):
 
 
 def _sweep(doc, key):
-    """{swept value: final accuracy} of an ablation notebook's rows, their seeds, their workload,
-    and whether it is the paper's (the full profile on CIFAR-10)."""
+    """An ablation notebook's rows as one test accuracy per (point, seed), their seeds, their
+    workload, and whether it is the paper's (the full profile on CIFAR-10)."""
     rows = doc["rows"]
-    return ({r[key]: r["accuracy_mean"] for r in rows}, max(len(r["seeds"]) for r in rows),
+    runs = pd.DataFrame([{key: r[key], "test": a} for r in rows for a in r["accuracy"]])
+    return (runs, min(len(r["seeds"]) for r in rows),
             f"{rows[0]['dataset']} {rows[0]['network']}, {rows[0]['epochs']} epochs, {doc['profile']} profile",
             doc["profile"] == "full" and rows[0]["dataset"].startswith("cifar10"))
 
@@ -371,36 +372,42 @@ def claim_ledger(figures_dir):
                          True, **peaks))
 
     if "40_surrogate_curves" in docs:
-        acc, n, workload, comparable = _sweep(docs["40_surrogate_curves"], "surrogate")
-        spread = max(acc.values()) - min(acc.values())
+        runs, n, workload, comparable = _sweep(docs["40_surrogate_curves"], "surrogate")
+        pairs = {(a, b): compare_points(runs, "surrogate", a, b) for a, b in [("f2", "f1"), ("f2", "f3"), ("f1", "f3")]}
+        means = runs.groupby("surrogate").test.mean()
+        clear = [f"{a} - {b} {p['difference']:+.2f}" for (a, b), p in pairs.items() if p["clear"]]
         ledger.append(_entry("Fig. 6: f1, f2 and f3 train to about the same accuracy", "Fig. 6 (CIFAR-10, curves)",
-                             "40_surrogate_curves", f"{workload}, n = {n}: " + ", ".join(
-                                 f"{k} {v:.2f} %" for k, v in acc.items()) + f"; spread {spread:.2f} points",
-                             "agrees in shape" if spread < 1.0 else "not shown", comparable, n=n,
-                             spread=spread))
+                             "40_surrogate_curves",
+                             f"{workload}, n = {n}: " + ", ".join(f"{k} {v:.2f} %" for k, v in means.items())
+                             + f"; clear differences: {', '.join(clear) or 'none'}",
+                             "agrees in shape" if n >= 2 and not clear else "not shown", comparable, n=n))
     if "41_alpha_w" in docs:
-        acc, n, workload, comparable = _sweep(docs["41_alpha_w"], "alpha_w")
-        best = max(acc, key=acc.get)
-        shape = best == 20.0 and acc[0.2] < acc[20.0] - 2.0
+        runs, n, workload, comparable = _sweep(docs["41_alpha_w"], "alpha_w")
+        small = [compare_points(runs, "alpha_w", a, 20.0) for a in (0.2, 2.0)]
+        means = runs.groupby("alpha_w").test.mean()
+        shape = all(c["clear"] and c["difference"] < 0 for c in small)
         ledger.append(_entry("Fig. 7: alpha_W = 20 is best; small alpha_W clearly worse, larger slightly worse",
                              "Fig. 7 (CIFAR-10, 100 epochs)", "41_alpha_w",
-                             f"{workload}, n = {n}: best at alpha_W = {best:g}; 0.2 vs 20: "
-                             f"{acc[0.2] - acc[20.0]:+.2f}, 2000 vs 20: {acc[2000.0] - acc[20.0]:+.2f} points",
-                             "agrees in shape" if shape else "not shown", comparable, n=n, best=best))
+                             f"{workload}, n = {n}: best mean at alpha_W = {means.idxmax():g}; 0.2 vs 20: "
+                             f"{small[0]['difference']:+.2f}, 2 vs 20: {small[1]['difference']:+.2f}, 2000 vs 20: "
+                             f"{means[2000.0] - means[20.0]:+.2f} points",
+                             "agrees in shape" if shape else "not shown", comparable, n=n))
     if "42_s_max" in docs:
-        acc, n, workload, comparable = _sweep(docs["42_s_max"], "s_max")
-        rise = acc[15] - acc[1]
+        runs, n, workload, comparable = _sweep(docs["42_s_max"], "s_max")
+        rise = compare_points(runs, "s_max", 15, 1)
         ledger.append(_entry("Fig. 8: at T = 1 accuracy rises with S_max", "Fig. 8 (CIFAR-10; S_max = 15: 87.82 %)",
-                             "42_s_max", f"{workload}, n = {n}: S_max 1 {acc[1]:.2f} %, 15 {acc[15]:.2f} % "
-                             f"({rise:+.2f} points)", "agrees in shape" if rise > 2.0 else "not shown",
-                             comparable, n=n, rise=rise))
+                             "42_s_max", f"{workload}, n = {n}: S_max 15 vs 1: {rise['difference']:+.2f} ± "
+                             f"{rise['standard_error']:.2f} points",
+                             "agrees in shape" if rise["clear"] and rise["difference"] > 0 else "not shown",
+                             comparable, n=n))
     if "43_time_steps" in docs:
-        acc, n, workload, comparable = _sweep(docs["43_time_steps"], "T")
-        rise = acc[max(acc)] - acc[1]
+        runs, n, workload, comparable = _sweep(docs["43_time_steps"], "T")
+        rise = compare_points(runs, "T", 3, 1)
         ledger.append(_entry("Fig. 9: with S_max = 1, accuracy rises with T", "Fig. 9 (CIFAR-10; T = 1: 73.6 %, "
-                             "T = 5: 87.55 %)", "43_time_steps", f"{workload}, n = {n}: T = 1 {acc[1]:.2f} %, "
-                             f"T = {max(acc)} {acc[max(acc)]:.2f} % ({rise:+.2f} points)",
-                             "agrees in shape" if rise > 2.0 else "not shown", comparable, n=n, rise=rise))
+                             "T = 5: 87.55 %)", "43_time_steps", f"{workload}, n = {n}: T = 3 vs 1: "
+                             f"{rise['difference']:+.2f} ± {rise['standard_error']:.2f} points",
+                             "agrees in shape" if rise["clear"] and rise["difference"] > 0 else "not shown",
+                             comparable, n=n))
     if "44_reset_gradient" in docs:
         rows = {r["name"]: r for r in docs["44_reset_gradient"]["rows"]}
         ours, bptt = rows["reset_grad paper, S_max 15"], rows["reset_grad bptt, S_max 15"]
@@ -448,3 +455,112 @@ def full_profile_cost(figures_dir, bench_json):
         rows.append(dict(table=t.table, notebook=stem, epochs_done=done, epochs_to_run=todo - done,
                          cpu_hours=(todo - done) * per_epoch / 3600, estimated_from=source))
     return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# The ablations (notebooks 40-43, Figs. 6-9): one setting swept on CIFAR-10, several seeds a point
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """One of the paper's CIFAR-10 ablation figures: the swept setting, its values, the settings
+    held fixed (the rest is Table 1), and our quick profile's training images."""
+    figure: str
+    key: str  # the train() argument swept
+    points: tuple
+    fixed: dict
+    quick_subset: int
+    full_epochs: int = PAPER_EPOCHS
+
+
+ABLATIONS = {
+    "40_surrogate_curves": Ablation("Fig. 6", "surrogate", ("f1", "f2", "f3"), dict(T=2, s_max=15), 10_000),
+    "41_alpha_w": Ablation("Fig. 7", "alpha_w", (0.2, 2.0, 20.0, 200.0, 2000.0), dict(T=2, s_max=15), 6_000, 100),
+    "42_s_max": Ablation("Fig. 8", "s_max", (1, 2, 3, 7, 15), dict(T=1), 10_000),
+    "43_time_steps": Ablation("Fig. 9", "T", (1, 2, 3, 5), dict(s_max=1), 5_000),
+}
+
+
+def ablation_settings(stem, profile):
+    """The sweep of notebook `stem` at `profile`: "full" is the paper's (its CIFAR-10 network, all
+    images, Table 1's rate, the figure's epochs, seeds 0-2), "quick" the CPU-sized one (the quick
+    CIFAR-10 network of Table 6's quick profile, part of the images, one epoch, 5 000 test images,
+    seeds 0-2), "test" a seconds-long check."""
+    mt._expect("stem", stem, str, lambda v: v in ABLATIONS, f"one of {tuple(ABLATIONS)}")
+    mt._expect("profile", profile, str, lambda v: v in PROFILES, f"one of {PROFILES}")
+    a = ABLATIONS[stem]
+    quick = dict(spec=mt.QUICK_CIFAR10_SPEC, lr=TABLES["30_cifar10_cnn"].quick["lr"], subset=a.quick_subset,
+                 test_subset=5_000, epochs=1, seeds=[0, 1, 2])
+    s = {"full": dict(spec=mt.PAPER_NETWORKS["Table 6"][1], lr=mt.PAPER_LR["cifar10"], subset=None, test_subset=None,
+                      epochs=a.full_epochs, seeds=[0, 1, 2]),
+         "quick": quick,
+         "test": dict(quick, subset=256, test_subset=256, seeds=[0, 1])}[profile]
+    return dict(s, stem=stem, figure=a.figure, key=a.key, points=list(a.points), dataset="cifar10", profile=profile,
+                batch_size=128, fixed=dict(mt.TABLE1, **a.fixed))
+
+
+def run_ablation(s, device, executor="local", cluster=None, checkpoint_dir=None):
+    """Train every point of the sweep `s` with every seed (`mt.train_sweep`; the costliest runs
+    first, so that the two local workers finish together). Returns the results, and a table of
+    the last epoch's test and training accuracy per point and seed."""
+    configs = [{s["key"]: p, "seed": seed} for p in s["points"] for seed in s["seeds"]]
+    cost = lambda c: c.get("T", s["fixed"]["T"])  # a run costs about T times one at T = 1
+    order = sorted(range(len(configs)), key=lambda i: -cost(configs[i]))
+    fixed = {k: v for k, v in s["fixed"].items() if k != s["key"]}
+    runs = mt.train_sweep([configs[i] for i in order], executor=mt.make_executor(executor, **(cluster or {})),
+                          checkpoint_dir=checkpoint_dir, spec=s["spec"], dataset=s["dataset"], epochs=s["epochs"],
+                          lr=s["lr"], subset=s["subset"], test_subset=s["test_subset"], batch_size=s["batch_size"],
+                          device=device if executor == "local" else "auto", **fixed)
+    results = [None] * len(configs)
+    for i, r in zip(order, runs):
+        results[i] = r
+    frame = pd.DataFrame([{s["key"]: c[s["key"]], "seed": c["seed"], "test": r["history"][-1]["test_accuracy"],
+                           "train": r["history"][-1]["train_accuracy"]} for c, r in zip(configs, results)])
+    return results, frame
+
+
+def ablation_rows(s, results, hardware):
+    """One JSON row per point (`mt.result_row` over its seeds)."""
+    by_point = {}
+    for r in results:
+        by_point.setdefault(r["config"][s["key"]], []).append(r)
+    return [mt.result_row(f"{s['key']} {p}", by_point[p], profile=s["profile"], hardware=hardware, swept=s["key"],
+                          subset=s["subset"]) for p in s["points"]]
+
+
+def point_summary(frame, key):
+    """Mean and standard deviation over seeds of the last epoch's test accuracy, per point."""
+    return frame.groupby(key, sort=False).test.agg(["mean", "std", "count"])
+
+
+def compare_points(frame, key, a, b):
+    """Test accuracy of point `a` minus point `b` (means over seeds) with its standard error from the
+    seeds' spread; `clear` when the difference is more than twice that."""
+    g = frame.groupby(key).test
+    diff = g.mean()[a] - g.mean()[b]
+    se = (g.var()[a] / g.count()[a] + g.var()[b] / g.count()[b]) ** 0.5
+    return dict(difference=diff, standard_error=se, clear=bool(abs(diff) > 2 * se))
+
+
+def plot_ablation(s, frame, path, xlabel, log=False):
+    """The figure's sweep: each seed (dots), mean ± standard deviation over seeds (bars)."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    summary = point_summary(frame, s["key"]).reindex(s["points"])
+    x = list(range(len(s["points"]))) if isinstance(s["points"][0], str) else s["points"]
+    position = dict(zip(s["points"], x))
+    ax.plot([position[p] for p in frame[s["key"]]], frame.test, ".", color="0.6", label="one seed")
+    ax.errorbar(x, summary["mean"], yerr=summary["std"], fmt="o-", capsize=4, color="C0",
+                label=f"mean ± sd over {int(summary['count'].min())} seeds")
+    ax.set_xticks(x, [str(p) for p in s["points"]])
+    if log:
+        ax.set_xscale("log")
+        ax.set_xticks(x, [str(p) for p in s["points"]])
+    ax.set(xlabel=xlabel, ylabel="test accuracy (%)",
+           title=f"{s['figure']}: {s['dataset']} {s['spec']}, {s['epochs']} epoch(s), {s['profile']} profile")
+    ax.title.set_fontsize(8)
+    ax.grid(alpha=0.3), ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return fig

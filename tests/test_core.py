@@ -1012,3 +1012,20 @@ def test_result_row_of_a_run_without_history():
                                                 dataset_variant="mnist", test_accuracy=91.0)])
     assert row["accuracy"] == [91.0] and row["accuracy_mean"] == 91.0
     assert row["best_epoch"] == [None] and row["history"] == [None] and row["silent_outputs"] == [None]
+
+
+def test_record_gives_each_layers_current_potential_and_spikes():
+    """SpikingNet.record: per neuron layer, x, h and s of one forward pass, consistent with eqs. 1, 4, 5
+    (h[0] = x[0]; s = clamp(floor(h/V), 0, S); h[1] = decay*(h[0] - s[0] V) + x[1]), the last
+    layer's s being the forward's output."""
+    torch.manual_seed(0)
+    net = mt.build_net("8C5-P2-32", (1, 28, 28), 10, init_gain=3.0)
+    images = torch.randn(5, 1, 28, 28)
+    records = net.record(images, T=2)
+    assert len(records) == 3 and [tuple(r["s"].shape) for r in records] == [(2, 5, 8, 24, 24), (2, 5, 32), (2, 5, 10)]
+    torch.testing.assert_close(records[-1]["s"], net(images, 2))
+    for r in records:
+        torch.testing.assert_close(r["h"][0], r["x"][0])
+        torch.testing.assert_close(r["s"], torch.clamp(torch.floor(r["h"] / 10.0), 0, 15))
+        torch.testing.assert_close(r["h"][1], 0.9 * (r["h"][0] - 10.0 * r["s"][0]) + r["x"][1])
+    assert any(r["s"].sum() > 0 for r in records)

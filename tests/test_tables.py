@@ -128,3 +128,41 @@ def test_readme_results_are_the_json():
             assert f"± {row['accuracy_std']:.2f} ({len(row['seeds'])} seeds)" in cells[3], stem
         else:
             assert "seed 0 only" in cells[5], stem
+
+
+def test_readme_quick_table_is_the_json():
+    """The README's quick-profile rows quote figures/quick/<stem>.json (or the stored quick JSON):
+    mean, standard deviation and seeds, the ReLU twin, and the notebook's minutes."""
+    import re
+    readme = (tb.ROOT / "README.md").read_text()
+    by_table = {t.table: stem for stem, t in tb.TABLES.items()}
+    rows = [line for line in readme.splitlines() if re.match(r"\| Table \d quick \|", line)]
+    assert len(rows) == len(tb.TABLES)
+    for line in rows:
+        cells = [c.strip() for c in line.strip("|").split(" | ")]
+        stem = by_table[cells[0].removesuffix(" quick")]
+        path = tb.STORED_DIR / "quick" / f"{stem}.json"
+        doc = json.loads((path if path.exists() else tb.STORED_DIR / f"{stem}.json").read_text())
+        row = doc["rows"][0]
+        assert doc["profile"] == "quick" and len(row["seeds"]) >= 3, stem
+        assert cells[2] == f"{row['accuracy_mean']:.2f} ± {row['accuracy_std']:.2f} ({len(row['seeds'])} seeds)", stem
+        assert cells[3] == f"{row['relu_twin_accuracy']:.2f} %" and cells[4] == f"{doc['runtime_s'] / 60:.1f}", stem
+        assert doc["runtime_s"] <= 600, f"{stem}: the quick profile must fit 10 minutes"
+
+
+def test_ablation_settings_and_comparisons():
+    """The ablations sweep the paper's values on CIFAR-10 with 3 seeds a point, the other settings at
+    Table 1; compare_points gives the difference of means and its standard error from the seeds."""
+    import pandas as pd
+    for stem, a in tb.ABLATIONS.items():
+        quick, full = tb.ablation_settings(stem, "quick"), tb.ablation_settings(stem, "full")
+        assert quick["seeds"] == full["seeds"] == [0, 1, 2] and quick["dataset"] == "cifar10"
+        assert full["spec"] == mt.PAPER_NETWORKS["Table 6"][1] and full["lr"] == 0.0005 and full["subset"] is None
+        assert quick["spec"] == mt.QUICK_CIFAR10_SPEC and {**quick["fixed"], a.key: None}.keys() == {**mt.TABLE1}.keys()
+    assert tb.ablation_settings("42_s_max", "quick")["fixed"]["T"] == 1
+    frame = pd.DataFrame(dict(k=["a"] * 3 + ["b"] * 3, test=[10.0, 11.0, 12.0, 20.0, 20.0, 20.0]))
+    c = tb.compare_points(frame, "k", "b", "a")
+    assert c["difference"] == pytest.approx(9.0) and c["standard_error"] == pytest.approx((1.0 / 3) ** 0.5)
+    assert c["clear"] and not tb.compare_points(frame.assign(test=[10, 11, 12, 11, 12, 10.0]), "k", "b", "a")["clear"]
+    with pytest.raises(ValueError, match="stem must be one of"):
+        tb.ablation_settings("44_reset_gradient", "quick")
