@@ -417,7 +417,8 @@ def _is_neuron(layer):
 def calibrate_init(net, images, rate=1.0, output_rate=0.25, T=2):
     """Scale each synaptic layer, bottom up, so that the neuron layer it feeds fires `rate` spikes
     per neuron per step on average over `images` (the layers below already scaled), and the
-    output layer `output_rate`. Returns the factors.
+    output layer `output_rate`, each at most S_max/4 (with S_max = 1 a rate of 1 would have every
+    neuron fire at every step: a saturated layer passes no information). Returns the factors.
 
     The current into a layer is linear in its weights and a neuron's spike count grows with its
     current, so a bisection on one factor per layer finds the rate. The output layer starts well
@@ -434,7 +435,7 @@ def calibrate_init(net, images, rate=1.0, output_rate=0.25, T=2):
     synapse, n_layers = net.first[-1], len(net.neurons())
     for module in net.rest:
         if isinstance(module, MultiThresholdLIF):
-            target = output_rate if len(factors) == n_layers - 1 else rate
+            target = min(output_rate if len(factors) == n_layers - 1 else rate, module.s_max / 4)
             lo, hi = -12.0, 12.0  # log2 of the factor, halved down to float32 resolution
             for _ in range(40):
                 mid = (lo + hi) / 2

@@ -394,20 +394,21 @@ def claim_ledger(figures_dir):
                              "agrees in shape" if shape else "not shown", comparable, n=n))
     if "42_s_max" in docs:
         runs, n, workload, comparable = _sweep(docs["42_s_max"], "s_max")
-        rise = compare_points(runs, "s_max", 15, 1)
+        rise, chance = compare_points(runs, "s_max", 15, 1), point_summary(runs, "s_max")["near_chance"]
         ledger.append(_entry("Fig. 8: at T = 1 accuracy rises with S_max", "Fig. 8 (CIFAR-10; S_max = 15: 87.82 %)",
                              "42_s_max", f"{workload}, n = {n}: S_max 15 vs 1: {rise['difference']:+.2f} ± "
-                             f"{rise['standard_error']:.2f} points",
-                             "agrees in shape" if rise["clear"] and rise["difference"] > 0 else "not shown",
-                             comparable, n=n))
+                             f"{rise['standard_error']:.2f} points; near chance at S_max "
+                             f"{', '.join(str(k) for k in chance[chance].index) or 'none'}",
+                             "agrees in shape" if rise["clear"] and rise["difference"] > 0 and not chance.any()
+                             else "not shown", comparable, n=n))
     if "43_time_steps" in docs:
         runs, n, workload, comparable = _sweep(docs["43_time_steps"], "T")
-        rise = compare_points(runs, "T", 3, 1)
+        rise, chance = compare_points(runs, "T", 3, 1), point_summary(runs, "T")["near_chance"]
         ledger.append(_entry("Fig. 9: with S_max = 1, accuracy rises with T", "Fig. 9 (CIFAR-10; T = 1: 73.6 %, "
                              "T = 5: 87.55 %)", "43_time_steps", f"{workload}, n = {n}: T = 3 vs 1: "
                              f"{rise['difference']:+.2f} ± {rise['standard_error']:.2f} points",
-                             "agrees in shape" if rise["clear"] and rise["difference"] > 0 else "not shown",
-                             comparable, n=n))
+                             "agrees in shape" if rise["clear"] and rise["difference"] > 0 and not chance.any()
+                             else "not shown", comparable, n=n))
     if "44_reset_gradient" in docs:
         rows = {r["name"]: r for r in docs["44_reset_gradient"]["rows"]}
         ours, bptt = rows["reset_grad paper, S_max 15"], rows["reset_grad bptt, S_max 15"]
@@ -472,13 +473,16 @@ class Ablation:
     fixed: dict
     quick_subset: int
     full_epochs: int = PAPER_EPOCHS
+    quick_spec: str = mt.QUICK_CIFAR10_SPEC
 
 
 ABLATIONS = {
     "40_surrogate_curves": Ablation("Fig. 6", "surrogate", ("f1", "f2", "f3"), dict(T=2, s_max=15), 10_000),
-    "41_alpha_w": Ablation("Fig. 7", "alpha_w", (0.2, 2.0, 20.0, 200.0, 2000.0), dict(T=2, s_max=15), 6_000, 100),
+    "41_alpha_w": Ablation("Fig. 7", "alpha_w", (0.2, 2.0, 20.0, 200.0, 2000.0), dict(T=2, s_max=15), 4_000, 100),
     "42_s_max": Ablation("Fig. 8", "s_max", (1, 2, 3, 7, 15), dict(T=1), 10_000),
-    "43_time_steps": Ablation("Fig. 9", "T", (1, 2, 3, 5), dict(s_max=1), 5_000),
+    # with binary spikes (S_max = 1) the 8-layer quick network stays near chance at this budget
+    # (notebook 42): Fig. 9 uses a shallow CIFAR-10 network that trains
+    "43_time_steps": Ablation("Fig. 9", "T", (1, 2, 3, 5), dict(s_max=1), 5_000, quick_spec="32C5-P2-64C5-P2-512"),
 }
 
 
@@ -490,7 +494,7 @@ def ablation_settings(stem, profile):
     mt._expect("stem", stem, str, lambda v: v in ABLATIONS, f"one of {tuple(ABLATIONS)}")
     mt._expect("profile", profile, str, lambda v: v in PROFILES, f"one of {PROFILES}")
     a = ABLATIONS[stem]
-    quick = dict(spec=mt.QUICK_CIFAR10_SPEC, lr=TABLES["30_cifar10_cnn"].quick["lr"], subset=a.quick_subset,
+    quick = dict(spec=a.quick_spec, lr=TABLES["30_cifar10_cnn"].quick["lr"], subset=a.quick_subset,
                  test_subset=5_000, epochs=1, seeds=[0, 1, 2])
     s = {"full": dict(spec=mt.PAPER_NETWORKS["Table 6"][1], lr=mt.PAPER_LR["cifar10"], subset=None, test_subset=None,
                       epochs=a.full_epochs, seeds=[0, 1, 2]),
@@ -529,9 +533,15 @@ def ablation_rows(s, results, hardware):
                           subset=s["subset"]) for p in s["points"]]
 
 
+CHANCE = 10.0  # per cent, ten classes
+
+
 def point_summary(frame, key):
-    """Mean and standard deviation over seeds of the last epoch's test accuracy, per point."""
-    return frame.groupby(key, sort=False).test.agg(["mean", "std", "count"])
+    """Mean and standard deviation over seeds of the last epoch's test accuracy, per point, and
+    whether the mean is within 5 points of chance (such a point shows that this budget does not
+    train the setting, not what the setting reaches)."""
+    summary = frame.groupby(key, sort=False).test.agg(["mean", "std", "count"])
+    return summary.assign(near_chance=summary["mean"] < CHANCE + 5)
 
 
 def compare_points(frame, key, a, b):
@@ -553,6 +563,7 @@ def plot_ablation(s, frame, path, xlabel, log=False):
     ax.plot([position[p] for p in frame[s["key"]]], frame.test, ".", color="0.6", label="one seed")
     ax.errorbar(x, summary["mean"], yerr=summary["std"], fmt="o-", capsize=4, color="C0",
                 label=f"mean ± sd over {int(summary['count'].min())} seeds")
+    ax.axhline(CHANCE, color="0.5", ls=":", lw=1, label="chance (10 classes)")
     ax.set_xticks(x, [str(p) for p in s["points"]])
     if log:
         ax.set_xscale("log")

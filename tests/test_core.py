@@ -1029,3 +1029,18 @@ def test_record_gives_each_layers_current_potential_and_spikes():
         torch.testing.assert_close(r["s"], torch.clamp(torch.floor(r["h"] / 10.0), 0, 15))
         torch.testing.assert_close(r["h"][1], 0.9 * (r["h"][0] - 10.0 * r["s"][0]) + r["x"][1])
     assert any(r["s"].sum() > 0 for r in records)
+
+
+@needs_mnist
+@pytest.mark.parametrize("s_max, hidden", [(1, 0.25), (2, 0.5), (3, 0.75), (4, 1.0), (15, 1.0)])
+def test_calibration_rate_is_capped_at_a_quarter_of_s_max(s_max, hidden, mnist_test64):
+    """With S_max = 1 a target of 1 spike per step would make every neuron fire at every step;
+    calibrate_init caps each layer's rate at S_max/4 (the output layer's 0.25 is already below)."""
+    torch.manual_seed(0)
+    net = mt.build_net("784-800-10", (1, 28, 28), 10, s_max=s_max)
+    mt.calibrate_init(net, mnist_test64.x[:32], rate=1.0, output_rate=0.25)
+    with torch.no_grad():
+        net(mnist_test64.x[:32], 2)
+    rates = [n.firing_rate.item() for n in net.neurons()]
+    assert rates[0] == pytest.approx(hidden, rel=0.05)
+    assert rates[1] == pytest.approx(0.25, rel=0.05 if s_max > 1 else 0.2)
