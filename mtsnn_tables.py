@@ -401,8 +401,8 @@ def claim_ledger(figures_dir):
                              "42_s_max", f"{workload}, n = {n}: S_max 15 vs {low}: {rise['difference']:+.2f} ± "
                              f"{rise['standard_error']:.2f} points; near chance (not trained at this budget) at S_max "
                              f"{', '.join(str(k) for k in chance[chance].index) or 'none'}",
-                             "agrees in shape" if rise["clear"] and rise["difference"] > 0 and low < 15 else "not shown",
-                             comparable, n=n))
+                             "agrees in shape" if rise["clear"] and rise["difference"] > 0 and low < 15
+                             else "not shown", comparable, n=n))
     if "43_time_steps" in docs:
         runs, n, workload, comparable = _sweep(docs["43_time_steps"], "T")
         rise, chance = compare_points(runs, "T", 3, 1), point_summary(runs, "T")["near_chance"]
