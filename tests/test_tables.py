@@ -4,6 +4,7 @@ The stored-weights test reloads every table run kept in weights/ and evaluates i
 test set: it must give exactly the accuracy its JSON in figures/ records.
 """
 import json
+import re
 
 import pytest
 import torch
@@ -107,17 +108,21 @@ def test_stored_ledger_matches_the_notebooks_json():
         assert s["numbers"] == pytest.approx(f["numbers"], rel=1e-6)
 
 
+def _readme_rows(first_cell):
+    """(notebook stem, cells) of each README table row whose first cell matches `first_cell`, a
+    regex whose group 1 is the paper's table ("Table 2"); one row per table."""
+    by_table = {t.table: stem for stem, t in tb.TABLES.items()}
+    lines = (tb.ROOT / "README.md").read_text().splitlines()
+    rows = [(by_table[m.group(1)], [c.strip() for c in line.strip("|").split(" | ")])
+            for line in lines if (m := re.match(first_cell, line))]
+    assert len(rows) == len(tb.TABLES)
+    return rows
+
+
 def test_readme_results_are_the_json():
     """Every row of the README's results table quotes its notebook's JSON: our accuracy (bold),
     its best epoch, the ReLU twin's, and the seeds."""
-    import re
-    readme = (tb.ROOT / "README.md").read_text()
-    by_table = {t.table: stem for stem, t in tb.TABLES.items()}
-    rows = [line for line in readme.splitlines() if re.match(r"\| Table \d, ", line)]
-    assert len(rows) == len(tb.TABLES)
-    for line in rows:
-        cells = [c.strip() for c in line.strip("|").split(" | ")]
-        stem = by_table[cells[0].split(",")[0]]
+    for stem, cells in _readme_rows(r"\| (Table \d), "):
         row = json.loads((tb.STORED_DIR / f"{stem}.json").read_text())["rows"][0]
         assert re.search(r"\*\*([\d.]+) %\*\*", cells[3]).group(1) == f"{row['accuracy_mean']:.2f}", stem
         assert cells[4] == f"{row['relu_twin_accuracy']:.2f} %", stem
@@ -133,14 +138,7 @@ def test_readme_results_are_the_json():
 def test_readme_quick_table_is_the_json():
     """The README's quick-profile rows quote figures/quick/<stem>.json (or the stored quick JSON):
     mean, standard deviation and seeds, the ReLU twin, and the notebook's minutes."""
-    import re
-    readme = (tb.ROOT / "README.md").read_text()
-    by_table = {t.table: stem for stem, t in tb.TABLES.items()}
-    rows = [line for line in readme.splitlines() if re.match(r"\| Table \d quick \|", line)]
-    assert len(rows) == len(tb.TABLES)
-    for line in rows:
-        cells = [c.strip() for c in line.strip("|").split(" | ")]
-        stem = by_table[cells[0].removesuffix(" quick")]
+    for stem, cells in _readme_rows(r"\| (Table \d) quick \|"):
         path = tb.STORED_DIR / "quick" / f"{stem}.json"
         doc = json.loads((path if path.exists() else tb.STORED_DIR / f"{stem}.json").read_text())
         row = doc["rows"][0]
