@@ -39,8 +39,10 @@ CHECKPOINTS := $(if $(filter full,$(PROFILE)),-p CHECKPOINT_DIR ../runs)
 # EXECUTOR=slurm CLUSTER='{"partition": ...}': the table and sweep notebooks send each run (seed, sweep point) to Slurm (README, "On a cluster")
 SWEEP_NOTEBOOKS := $(wildcard notebooks/[1-3][0-9]_*.ipynb notebooks/4[0-35]_*.ipynb)
 $(SWEEP_NOTEBOOKS): CLUSTER_ARGS := $(if $(EXECUTOR),-p EXECUTOR $(EXECUTOR) -p CLUSTER '$(or $(CLUSTER),{})')
+# DEVICE=cpu runs the full profile on a CPU (it refuses to fall back to one by itself); DEVICE=cuda:1 picks a GPU
+DEVICE_ARGS := $(if $(DEVICE),-p DEVICE $(DEVICE))
 $(NOTEBOOKS) notebooks/90_summary.ipynb: venv
-	$(PY) tools/run_notebook.py --profile $(PROFILE) $(CHECKPOINTS) $(CLUSTER_ARGS) $@
+	$(PY) tools/run_notebook.py --profile $(PROFILE) $(CHECKPOINTS) $(CLUSTER_ARGS) $(DEVICE_ARGS) $@
 
 lint: venv
 	$(PY) -m ruff check .

@@ -25,7 +25,7 @@ import re
 import tarfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -141,6 +141,26 @@ def _positive(name, value):
 # ----------------------------------------------------------------------------------------------
 
 
+# On CUDA the neuron runs as two Triton kernels (mtsnn_fused.py: the time loop forward, the
+# surrogate backward), the same arithmetic as the plain PyTorch code below, which stays the
+# reference and the CPU path. MTSNN_FUSED=off keeps CUDA on the reference; =all also sends CPU
+# tensors to the kernels (needs TRITON_INTERPRET=1: the tests use it).
+FUSED_NEURON = os.environ.get("MTSNN_FUSED", "cuda")
+if FUSED_NEURON not in ("cuda", "off", "all"):
+    raise ValueError(f"MTSNN_FUSED must be cuda (the default), off or all, got {FUSED_NEURON!r}")
+
+
+def _fused_module():
+    import mtsnn_fused
+    return mtsnn_fused
+
+
+def _fused(x):
+    if FUSED_NEURON == "off" or (FUSED_NEURON == "cuda" and not x.is_cuda):
+        return False
+    return _fused_module().supported(x)
+
+
 class _MultiThresholdFire(torch.autograd.Function):
     """The neuron over all T steps as one autograd node: forward runs charge -> fire -> reset,
     backward runs the same loop in reverse. Saves only the pre-reset potentials h[t]."""
@@ -158,6 +178,8 @@ class _MultiThresholdFire(torch.autograd.Function):
     def backward(ctx, grad_spikes):
         (h_all,) = ctx.saved_tensors
         n = ctx.neuron
+        if _fused(h_all):
+            return _fused_module().backward(h_all, grad_spikes, n), None
         decay, v_th, mode = 1.0 - 1.0 / n.tau_m, n.v_th, n.reset_grad
         grad_h = torch.empty_like(grad_spikes)  # dL/dh[t] = dL/dx[t], since h[t] = decay*u[t-1] + x[t]
         T = h_all.shape[0]
@@ -218,6 +240,8 @@ class MultiThresholdLIF(nn.Module):
 
     def run(self, x):
         """The forward dynamics without autograd: (spikes, pre-reset potentials h), both [T, B, ...]."""
+        if _fused(x):
+            return _fused_module().forward(x, self)
         decay = 1.0 - 1.0 / self.tau_m
         h_all, spikes = torch.empty_like(x), torch.empty_like(x)
         u = torch.zeros_like(x[0])
@@ -230,6 +254,8 @@ class MultiThresholdLIF(nn.Module):
     def forward(self, x):
         if x.dim() < 2:
             raise ValueError(f"MultiThresholdLIF expects input of shape [T, B, ...], got {tuple(x.shape)}")
+        if x.dtype in (torch.float16, torch.bfloat16):  # under autocast the neuron stays in fp32: floor() needs it
+            x = x.float()
         spikes = _MultiThresholdFire.apply(x, self)
         with torch.no_grad():
             self.spike_sum = spikes.sum()
@@ -501,6 +527,7 @@ class Dataset:
     y: torch.Tensor
     mean: tuple = ()
     std: tuple = ()
+    background: torch.Tensor | None = field(default=None, repr=False)  # the padding's value, on the device
 
     def __len__(self):
         return len(self.y)
@@ -511,22 +538,33 @@ class Dataset:
         digest.update(self.x[:, :, ::4, ::4].float().cpu().numpy().tobytes())  # a pixel sample suffices
         return f"{self.variant}:{len(self)}:{digest.hexdigest()[:16]}"
 
-    def augment(self, xb, generator):
+    def draw_augmentation(self, batch_sizes, generator):
+        """The random draws of `augment` for consecutive batches of the given sizes, batch by batch
+        from `generator` (crop offsets, then CIFAR-10's flips), moved to the device in one copy:
+        `train_epoch` draws a whole epoch at once, so no step waits on a host-to-device copy.
+        Returns an int64 tensor [3, sum(batch_sizes)]: row offset, column offset, flip (0/1)."""
+        pad, draws = _CROP_PAD[self.name], []
+        for B in batch_sizes:
+            offsets = torch.randint(0, 2 * pad + 1, (2, B), generator=generator)
+            flip = (torch.rand(B, generator=generator) < 0.5 if self.name == "cifar10"
+                    else torch.zeros(B, dtype=torch.bool))
+            draws.append(torch.cat([offsets, flip.long()[None]]))
+        return torch.cat(draws, 1).to(self.x.device)
+
+    def augment(self, xb, draws):
         """Random crop with zero-intensity padding (all datasets) and horizontal flip (CIFAR-10),
-        one random draw per image, as batched tensor operations."""
+        one draw per image (a [3, B] slice of `draw_augmentation`), as batched tensor operations."""
         pad, (B, C, H, W) = _CROP_PAD[self.name], xb.shape
-        background = (-torch.tensor(self.mean) / torch.tensor(self.std)).to(xb).view(1, C, 1, 1)
-        canvas = background.expand(B, C, H + 2 * pad, W + 2 * pad).clone()
+        if self.background is None or self.background.device != xb.device:  # made once, not per step
+            self.background = (-torch.tensor(self.mean) / torch.tensor(self.std)).to(xb).view(1, C, 1, 1)
+        canvas = self.background.expand(B, C, H + 2 * pad, W + 2 * pad).clone()
         canvas[:, :, pad:pad + H, pad:pad + W] = xb
-        dy, dx = (torch.randint(0, 2 * pad + 1, (2, B), generator=generator)).to(xb.device)
+        dy, dx, flip = draws
         rows = (dy[:, None] + torch.arange(H, device=xb.device))[:, None, :, None].expand(B, C, H, W + 2 * pad)
         canvas = canvas.gather(2, rows)
         cols = (dx[:, None] + torch.arange(W, device=xb.device))[:, None, None, :].expand(B, C, H, W)
         out = canvas.gather(3, cols)
-        if self.name == "cifar10":
-            flip = (torch.rand(B, generator=generator) < 0.5).to(xb.device)
-            out = torch.where(flip[:, None, None, None], out.flip(3), out)
-        return out
+        return torch.where(flip.bool()[:, None, None, None], out.flip(3), out) if self.name == "cifar10" else out
 
 
 def data_root(root=None):
@@ -774,15 +812,17 @@ def train_epoch(net, optimizer, train_ds, loss_fn, predict, *, epoch, seed, batc
     steps = math.ceil(len(train_ds) / batch_size)
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(len(train_ds), generator=g).to(device)
+    sizes = [min(batch_size, len(train_ds) - step * batch_size) for step in range(steps)]
+    draws = train_ds.draw_augmentation(sizes, g) if augment else None
     losses = torch.zeros(steps, device=device)
     correct = torch.zeros((), device=device)
     output_sum = 0.0
     net.train()
     for step in range(steps):
-        idx = order[step * batch_size:(step + 1) * batch_size]
-        xb, yb = train_ds.x[idx], train_ds.y[idx]
+        batch = slice(step * batch_size, (step + 1) * batch_size)
+        xb, yb = train_ds.x[order[batch]], train_ds.y[order[batch]]
         if augment:
-            xb = train_ds.augment(xb, g)
+            xb = train_ds.augment(xb, draws[:, batch])
         out = net(xb, T)
         loss = loss_fn(out, yb)
         optimizer.zero_grad(set_to_none=True)
@@ -826,6 +866,8 @@ def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, dev
         # which x86 CPUs compute 10-100x more slowly (a CNN step: 0.15 s -> 1.3 s). Flush them to zero
         # (process-wide; no effect on the MLP results we checked, bit for bit).
         torch.set_flush_denormal(True)
+    if device.type == "cuda":
+        configure_cuda()
     model_kwargs = {**_keyword_defaults(MultiThresholdLIF.__init__), **_keyword_defaults(build_net), **neuron_kwargs}
     config = dict(spec=spec, dataset=dataset, epochs=epochs, T=T, batch_size=batch_size, lr=lr, seed=seed,
                   subset=subset, test_subset=test_subset, augment=augment, init_rate=init_rate,
@@ -883,7 +925,8 @@ def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, dev
     bar.close()
     return dict(config=config, data=data_id, dataset_variant=train_ds.variant, history=history,
                 test_accuracy=history[-1]["test_accuracy"] if history else None,
-                torch=torch.__version__, device=device_name(device), provenance=provenance(), model=net)
+                torch=torch.__version__, device=device_name(device), device_setup=device_setup(device),
+                provenance=provenance(), model=net)
 
 
 def _atomic_save(obj, path, keep_previous=False):
@@ -1045,7 +1088,8 @@ def train_sweep(configs, processes=2, threads=None, executor=None, checkpoint_di
     Independent runs share the hardware instead of queueing: by default `processes` worker
     processes (spawned) each train one run with `threads` CPU threads (default: the machine's
     threads split between the workers); a worker that dies raises BrokenProcessPool instead of
-    leaving the sweep waiting. processes=1 runs them one after another in this process. `executor`,
+    leaving the sweep waiting. processes=1, or any run on CUDA, runs them one after another in this
+    process. `executor`,
     any concurrent.futures-style executor (`submit(fn, arg)` returning futures; `make_executor`
     gives a Slurm one), replaces the local pool. With `checkpoint_dir`, every run checkpoints there
     under a name derived from its configuration and resumes from it when the sweep is run again
@@ -1059,6 +1103,8 @@ def train_sweep(configs, processes=2, threads=None, executor=None, checkpoint_di
     if checkpoint_dir is not None:
         _expect("checkpoint_dir", checkpoint_dir, (str, os.PathLike), expected="a folder path")
         runs = [dict(r, checkpoint=str(Path(checkpoint_dir) / f"{_run_name(r)}.pt"), resume=True) for r in runs]
+    if executor is None and any(pick_device(r.get("device", "cpu")).startswith("cuda") for r in runs):
+        processes = 1  # one GPU: the runs queue on it in this process (data loaded once, no worker to lose)
     threads = threads or max(1, torch.get_num_threads() // processes)
     jobs = [dict(r, threads=threads, progress=False) for r in runs]
     if executor is not None:
@@ -1121,9 +1167,56 @@ def to_json(result):
 # ----------------------------------------------------------------------------------------------
 
 
-def pick_device(device="auto"):
-    """"auto" -> "cuda" when a GPU is visible, else "cpu"; anything else is checked and returned."""
+def pick_device(device="auto", profile=None):
+    """"auto" -> "cuda" when a GPU is visible, else "cpu"; anything else is checked and returned.
+    The full profile (the paper's settings: CPU weeks for Table 6) refuses to fall back to a CPU:
+    ask for it by name (device="cpu") to run it there anyway."""
+    if device == "auto" and profile == "full" and not torch.cuda.is_available():
+        raise RuntimeError("the full profile found no GPU; it takes days to weeks of CPU time (README, 'What a "
+                           "full run costs'). To run it on this CPU anyway, ask for it: DEVICE='cpu' "
+                           "(papermill -p DEVICE cpu, or make PROFILE=full DEVICE=cpu)")
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else str(_check_device(device))
+
+
+# How paper runs use a GPU, chosen once and written into every result (`device_setup`): TF32 for
+# convolutions and matrix products (tensor cores; a rounding of the synaptic input ~1e-3, far below
+# the integer spikes' own granularity), cuDNN's autotuner on (fixed shapes), its deterministic
+# algorithms off. benchmarks/bench_step.py times the alternatives (f2-fp32, f2-deterministic).
+CUDA_POLICY = dict(tf32=True, cudnn_benchmark=True, cudnn_deterministic=False)
+
+
+def configure_cuda(tf32=None, cudnn_benchmark=None, cudnn_deterministic=None):
+    """Apply CUDA_POLICY (or the settings given) to this process."""
+    policy = dict(CUDA_POLICY)
+    policy.update({k: v for k, v in dict(tf32=tf32, cudnn_benchmark=cudnn_benchmark,
+                                         cudnn_deterministic=cudnn_deterministic).items() if v is not None})
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = policy["tf32"]
+    torch.backends.cudnn.benchmark = policy["cudnn_benchmark"]
+    torch.backends.cudnn.deterministic = policy["cudnn_deterministic"]
+    return policy
+
+
+def device_setup(device):
+    """What a result's numbers depend on besides the code: the device and, on CUDA, its CUDA, cuDNN
+    and driver versions, the TF32 and cuDNN flags in force and whether the neuron ran fused."""
+    device = torch.device(device)
+    setup = dict(device=device_name(device), torch=str(torch.__version__))
+    if device.type == "cuda":
+        setup.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), driver=_nvidia_driver(),
+                     tf32_matmul=torch.backends.cuda.matmul.allow_tf32, tf32_cudnn=torch.backends.cudnn.allow_tf32,
+                     cudnn_benchmark=torch.backends.cudnn.benchmark,
+                     cudnn_deterministic=torch.backends.cudnn.deterministic, fused_neuron=FUSED_NEURON != "off")
+    return setup
+
+
+def _nvidia_driver():
+    import subprocess
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20).stdout.strip()
+        return out.splitlines()[0] if out else None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def result_row(name, results, paper_accuracy=None, **extra):
@@ -1149,11 +1242,17 @@ def result_row(name, results, paper_accuracy=None, **extra):
     return {**row, **extra}  # extra fields, e.g. the swept parameter, may also restate a standard one
 
 
+def _device_of(name):
+    """The device a `device_name` string (or a device) stands for."""
+    return "cpu" if str(name).startswith("cpu") else ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def write_results(notebook, profile, rows, runtime_s, figures_dir, device, **extra):
     """Write figures/<notebook>.json: where the numbers came from, and one row per result."""
     path = Path(figures_dir) / f"{notebook}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = dict(notebook=notebook, profile=profile, device=device, torch=torch.__version__,
+    doc = dict(notebook=notebook, profile=profile, device=device, device_setup=device_setup(_device_of(device)),
+               torch=torch.__version__,
                runtime_s=round(runtime_s, 1), provenance=provenance(), rows=rows, **extra)
     path.write_text(json.dumps(doc, indent=1) + "\n")
     return path

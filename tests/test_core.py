@@ -519,12 +519,12 @@ def test_augment_mnist_random_crop(mnist_test64):
     """Random cropping (§3.1): same shape, each image a translated copy padded with zero intensity; no flips."""
     d = mnist_test64
     background = torch.tensor([-d.mean[0] / d.std[0]])
-    out = d.augment(d.x, torch.Generator().manual_seed(0))
+    out = d.augment(d.x, d.draw_augmentation([len(d)], torch.Generator().manual_seed(0)))
     assert out.shape == d.x.shape and out.dtype == d.x.dtype
     assert all(_matches(out[b], d.x[b], background) for b in range(len(d)))
     n_moved = sum(not torch.equal(out[b], d.x[b]) for b in range(len(d)))
     assert n_moved > len(d) // 2
-    again = d.augment(d.x, torch.Generator().manual_seed(0))
+    again = d.augment(d.x, d.draw_augmentation([len(d)], torch.Generator().manual_seed(0)))
     assert torch.equal(out, again)  # a seeded generator makes it reproducible
 
 
@@ -534,7 +534,7 @@ def test_augment_cifar_crop_and_flip(cifar_test64):
     d = cifar_test64
     assert d.x.shape == (64, 3, 32, 32) and d.y.min() >= 0 and d.y.max() <= 9
     background = -torch.tensor(d.mean) / torch.tensor(d.std)
-    out = d.augment(d.x, torch.Generator().manual_seed(1))
+    out = d.augment(d.x, d.draw_augmentation([len(d)], torch.Generator().manual_seed(1)))
     assert out.shape == d.x.shape
     plain = [_matches(out[b], d.x[b], background) for b in range(64)]
     flipped = [_matches(out[b], d.x[b].flip(2), background) for b in range(64)]
@@ -1044,3 +1044,37 @@ def test_calibration_rate_is_capped_at_a_quarter_of_s_max(s_max, hidden, mnist_t
     rates = [n.firing_rate.item() for n in net.neurons()]
     assert rates[0] == pytest.approx(hidden, rel=0.05)
     assert rates[1] == pytest.approx(0.25, rel=0.05 if s_max > 1 else 0.2)
+
+
+def test_sweep_on_one_gpu_runs_in_this_process(monkeypatch):
+    """train_sweep queues CUDA runs in-process (one GPU, no workers), whatever `processes` says."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU, as far as the sweep can tell
+    seen = []
+    monkeypatch.setattr(mt, "train", lambda **job: seen.append(os.getpid()) or dict(config=job))
+    mt.train_sweep([dict(seed=0), dict(seed=1)], processes=2, device="cuda", spec="784-10", dataset="mnist")
+    assert seen == [os.getpid()] * 2
+
+
+def test_full_profile_refuses_a_cpu_unless_asked_for(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="DEVICE='cpu'"):
+        mt.pick_device("auto", "full")
+    assert mt.pick_device("cpu", "full") == "cpu" and mt.pick_device("auto", "quick") == "cpu"
+
+
+def test_cuda_policy_is_applied_and_every_result_names_its_setup(tmp_path):
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
+             torch.backends.cudnn.deterministic)
+    try:
+        policy = mt.configure_cuda(tf32=False, cudnn_deterministic=True)
+        assert policy == dict(mt.CUDA_POLICY, tf32=False, cudnn_deterministic=True)
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert torch.backends.cudnn.deterministic
+        assert torch.backends.cudnn.benchmark == mt.CUDA_POLICY["cudnn_benchmark"]
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
+         torch.backends.cudnn.deterministic) = flags
+    path = mt.write_results("x", "test", [], 1.0, tmp_path, mt.device_name("cpu"))
+    doc = __import__("json").loads(path.read_text())
+    assert doc["device_setup"] == mt.device_setup("cpu") and doc["device_setup"]["device"].startswith("cpu")
+
