@@ -460,6 +460,46 @@ def full_profile_cost(figures_dir, bench_json):
     return rows
 
 
+def gpu_profile_cost(gpu_run_json, bench_json):
+    """Hours one GPU needs for the long full-profile notebooks (the tables and Figs. 6-9), from
+    tools/gpu_run.py's record (`gpu_run_json`) and the GPU benchmark of the same card (`bench_json`).
+
+    A network that gpu_run trained at the full profile costs its measured seconds per epoch
+    (whole epochs: steps, evaluation, bookkeeping). Any other costs the benchmark's step (f2; the
+    ablations' T scales it by T/2) times its steps per epoch, times `epoch_over_steps`: the mean
+    ratio of the measured epochs to that step-only estimate on the measured networks. The ReLU
+    twin of each table is always estimated so, from the benchmark's ReLU step."""
+    runs = json.loads(Path(gpu_run_json).read_text())["runs"]
+    bench = [r for r in json.loads(Path(bench_json).read_text())["rows"] if "median_ms" in r]
+    step_s = {(r["net"], r["variant"]): r["median_ms"] / 1000 for r in bench}
+    steps = {(r["net"], d): -(-{"cifar10": 50_000}.get(d, 60_000) // r["batch"]) for r in bench
+             for d in ("mnist", "fmnist", "cifar10")}
+    measured = {(r["spec"], r["dataset"]): r["seconds_per_epoch"] for r in runs
+                if r.get("epochs_asked") and r.get("seconds_per_epoch")}
+    ratios = [sec / (step_s[(spec, "f2")] * steps[(spec, d)]) for (spec, d), sec in measured.items()]
+    epoch_over_steps = sum(ratios) / len(ratios)
+
+    def estimate(spec, dataset, variant="f2", T=2):
+        return step_s[(spec, variant)] * T / 2 * steps[(spec, dataset)] * epoch_over_steps
+
+    rows = []
+    for stem, t in TABLES.items():
+        s = settings(stem, "full")
+        snn = measured.get((s["spec"], t.dataset)) or estimate(s["spec"], t.dataset)
+        twin = estimate(s["spec"], t.dataset, "relu-T1", T=2)  # T=2: the ReLU step is already a T = 1 step
+        rows.append(dict(notebook=stem, what=t.table, runs=len(s["seeds"]), epochs=s["epochs"],
+                         snn_epoch_s=snn, twin_epoch_s=twin,
+                         snn_epoch_from="measured" if (s["spec"], t.dataset) in measured else "benchmark",
+                         gpu_hours=(len(s["seeds"]) * snn + twin) * s["epochs"] / 3600))
+    for stem, a in ABLATIONS.items():
+        s = ablation_settings(stem, "full")
+        epochs_s = [estimate(s["spec"], "cifar10", T=p if a.key == "T" else s["fixed"]["T"]) for p in s["points"]]
+        rows.append(dict(notebook=stem, what=a.figure, runs=len(epochs_s) * len(s["seeds"]), epochs=s["epochs"],
+                         snn_epoch_s=sum(epochs_s) / len(epochs_s), twin_epoch_s=None, snn_epoch_from="benchmark",
+                         gpu_hours=sum(epochs_s) * len(s["seeds"]) * s["epochs"] / 3600))
+    return rows, epoch_over_steps
+
+
 # ----------------------------------------------------------------------------------------------
 # The ablations (notebooks 40-43, Figs. 6-9): one setting swept on CIFAR-10, several seeds a point
 # ----------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ after each Conv/Linear layer changes:
                    and the loss in fp32
     f2-plain       (CUDA only) f2 with the plain PyTorch neuron (MTSNN_FUSED=off), not the Triton kernels
     f2-fp32, relu-T1-fp32   (CUDA only) without TF32 (mt.CUDA_POLICY turns it on for paper runs)
-    f2-deterministic        (CUDA only) with cuDNN's deterministic algorithms
+    f2-nondeterministic     (CUDA only) without cuDNN's deterministic algorithms
 
 Per net, all variants are built, warmed up (3 steps each), then timed interleaved: N rounds of
 one step per variant, each step timed alone with time.perf_counter (synchronising on CUDA), so a
@@ -86,8 +86,8 @@ NETS = [(alias, mt.PAPER_NETWORKS[table][1], (3, 32, 32) if table == "Table 6" e
 VARIANTS = ["f1", "f2", "f3", "smax1-f2", "relu-T1", "spikingjelly", "snntorch"]
 # CUDA only: f2 under bf16 autocast (neuron and loss stay fp32), f2 with the plain PyTorch neuron
 # instead of the fused Triton one, f2 and the ANN without TF32 (CUDA_POLICY's alternative), and f2
-# with cuDNN's deterministic algorithms.
-CUDA_ONLY = ["f2-bf16", "f2-plain", "f2-fp32", "relu-T1-fp32", "f2-deterministic"]
+# without cuDNN's deterministic algorithms (mt.CUDA_POLICY's alternatives).
+CUDA_ONLY = ["f2-bf16", "f2-plain", "f2-fp32", "relu-T1-fp32", "f2-nondeterministic"]
 
 # Peer neurons: our dynamics where the libraries allow: h = (1 - 1/tau) u + x with tau = 10
 # (SpikingJelly decay_input=False; snnTorch beta = 0.9), reset by subtraction, gradient through
@@ -196,7 +196,8 @@ class Cell:
         self.reset, self.bf16, self.device = reset, variant.endswith("-bf16"), device
         # the process-wide switches this variant runs under, set before each of its steps
         self.fused = "off" if variant.endswith("-plain") else mt.FUSED_NEURON
-        self.policy = dict(tf32=not variant.endswith("-fp32"), cudnn_deterministic=variant.endswith("-deterministic"))
+        self.policy = dict(tf32=not variant.endswith("-fp32"),
+                           cudnn_deterministic=not variant.endswith("-nondeterministic"))
         self.times = []
 
     def forward_loss(self):
@@ -409,6 +410,8 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     keys = ("net", "variant", "batch", "T", "median_ms", "ratio_relu", "ratio_spikingjelly", "saved_mb", "peak_mb",
             "min_ms", "n_steps", "error")
+    if cuda:
+        mt.configure_cuda()  # the policy, not the last variant's switches, is what device_setup records
     doc = dict(device=mt.device_name(device), device_setup=mt.device_setup(device), cuda_policy=mt.CUDA_POLICY,
                torch=torch.__version__, profile=device.type, quick=args.quick,
                batch=args.batch, cifar_batch=cifar_batch, T=T_STEPS, versions=versions,

@@ -164,3 +164,26 @@ def test_ablation_settings_and_comparisons():
     assert c["clear"] and not tb.compare_points(frame.assign(test=[10, 11, 12, 11, 12, 10.0]), "k", "b", "a")["clear"]
     with pytest.raises(ValueError, match="stem must be one of"):
         tb.ablation_settings("44_reset_gradient", "quick")
+
+
+def test_readme_gpu_tables_are_the_json():
+    """The README's GPU rows quote the stored H200 measurements: the step times of the two benchmark
+    runs and, per notebook, mtsnn_tables.gpu_profile_cost's hours."""
+    readme = (tb.ROOT / "README.md").read_text()
+    bench = {(r["net"], r["variant"]): r
+             for r in json.loads((tb.STORED_DIR / "bench_step_cuda.json").read_text())["rows"]}
+    kernels = {(r["net"], r["variant"]): r
+               for r in json.loads((tb.STORED_DIR / "bench_step_cuda_sj_kernels.json").read_text())["rows"]}
+    for _, spec in mt.PAPER_NETWORKS.values():
+        cells = next(line for line in readme.splitlines() if line.startswith(f"| {spec} (")).strip("|").split(" | ")
+        assert cells[2:5] == [f"{bench[(spec, v)]['median_ms']:.2f}" for v in ("relu-T1", "f2", "f2-plain")], spec
+        assert cells[8] == f"{kernels[(spec, 'spikingjelly')]['median_ms']:.2f}", spec
+        assert float(cells[10]) <= 2.5 and float(cells[11]) <= 1.0, spec  # the GPU targets of the issue
+    rows, _ = tb.gpu_profile_cost(tb.STORED_DIR / "gpu_run_h200.json", tb.STORED_DIR / "bench_step_cuda.json")
+    for r in rows:
+        line = next(line for line in readme.splitlines() if line.startswith(f"| `{r['notebook']}` |"))
+        assert line.strip().endswith(f"| {r['gpu_hours']:.2f} |"), r["notebook"]
+    measured = [r for r in rows if r["snn_epoch_from"] == "measured"]
+    assert [r["notebook"] for r in measured] == ["10_mnist_mlp", "11_mnist_cnn", "20_fmnist_mlp", "21_fmnist_cnn"]
+    assert f"Projected total: {sum(r['gpu_hours'] for r in rows):.1f} H200 hours" in readme
+
