@@ -420,6 +420,20 @@ def claim_ledger(figures_dir):
                              f"implicit {ours['accuracy_mean']:.2f} %, plain BPTT {bptt['accuracy_mean']:.2f} %",
                              "agrees" if ours["accuracy_mean"] > 50 > bptt["accuracy_mean"] else "not shown", False,
                              n=len(ours["seeds"])))
+    if "46_gradient_readings" in docs:
+        rows = {r["name"]: r for r in docs["46_gradient_readings"]["rows"]}
+        ours, printed, bptt = rows["implicit"], rows["eq9"], rows["bptt"]
+        spread = pd.Series(ours["accuracy"]).std(ddof=1) if len(ours["accuracy"]) > 1 else None
+        shown = (ours["accuracy_mean"] > 50 > bptt["accuracy_mean"]
+                 and bptt["correlation_mean"] < 0 < ours["correlation_mean"])
+        ledger.append(_entry("Eqs. 9-13: why the paper's gradient trains where autograd through the reset does not",
+                             "eqs. 9-13 (no experiment)", "46_gradient_readings",
+                             f"{ours['dataset']} {ours['network']}, {ours['epochs']} epochs, n = {len(ours['seeds'])}: "
+                             f"implicit {ours['accuracy_mean']:.2f} % (gradient's correlation with the loss's "
+                             f"finite differences {ours['correlation_mean']:.2f}), eq. 9 as printed "
+                             f"{printed['accuracy_mean']:.2f} %, plain BPTT {bptt['accuracy_mean']:.2f} % "
+                             f"({bptt['correlation_mean']:.2f}: uphill)",
+                             "agrees" if shown else "not shown", False, n=len(ours["seeds"]), std=spread))
     if "50_conversion_bsnn" in docs:
         rows = docs["50_conversion_bsnn"]["rows"]
         ann = next(r["accuracy_mean"] for r in rows if r["name"] == "ANN")
