@@ -2,6 +2,7 @@
 # make test       lint (ruff), unit tests of the core + every notebook executed (nbval) at the "test" profile
 # make unit       lint and the unit tests only (a few minutes)
 # make bench      time one training step of each paper network (benchmarks/bench_step.py)
+# make book       the stored notebooks as a static HTML site in book/ (index: paper -> notebooks, claim ledger)
 PYTHON  ?= python3
 VENV    := .venv
 PY      := $(VENV)/bin/python
@@ -11,7 +12,7 @@ export MTSNN_DATA := $(abspath $(or $(MTSNN_DATA),$(CURDIR)/data))
 
 NOTEBOOKS := $(sort $(filter-out notebooks/90_summary.ipynb,$(wildcard notebooks/*.ipynb)))
 
-.PHONY: all notebooks test unit lint lock bench venv $(NOTEBOOKS) notebooks/90_summary.ipynb
+.PHONY: all notebooks test unit lint lock bench book venv $(NOTEBOOKS) notebooks/90_summary.ipynb
 all: notebooks
 
 venv: $(VENV)/.installed
@@ -59,3 +60,6 @@ bench: venv $(VENV)/.bench-installed
 $(VENV)/.bench-installed: requirements-bench.txt $(VENV)/.installed
 	$(PY) -m pip install -q -r requirements-bench.txt
 	touch $@
+
+book: venv
+	$(PY) tools/build_book.py --out book

@@ -15,8 +15,8 @@ With f = surrogate(h[t]), dL/ds[t] from above and c[t] = dL/dh[t+1] (0 after the
     eq9              g[t] as implicit                                down[t] = g[t] (1 + V_th f)
     detach           g[t] =  dL/ds f + decay c                        down[t] = g[t]
     bptt             g[t] =  dL/ds f + decay c (1 - V_th f)           down[t] = g[t]
-    bptt-unit-area   bptt with alpha_H = 1/sqrt(pi alpha_W): each Gaussian's area V_th, the
-                     staircase's rise per threshold (f2's area is 7.9 V_th at alpha_H = 1)
+    bptt-unit-area   bptt with alpha_H = 1/sqrt(pi alpha_W): each Gaussian's area is one spike,
+                     the staircase's rise per threshold (f2's is 7.9 spikes at alpha_H = 1)
     ste              bptt with f = 1/V_th on [0, (S_max + 1) V_th): the staircase's mean slope,
                      so 1 - V_th f = 0 and no error flows back in time
 
