@@ -22,6 +22,7 @@ synaptic layers once on [steps*batch, ...]; only the neurons loop over time (ele
 """
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -58,18 +59,26 @@ def ann_accuracy(net, data, batch_size=1000):
 
 
 def train_ann(spec, train_ds, test_ds, epochs=2, lr=1e-3, seed=0, batch_size=128, augment=True,
-              progress=False, checkpoint=None):
+              progress=False, checkpoint=None, optimizer="adam", weight_decay=0.0, cosine_epochs=None):
     """Train the ReLU network `spec` (a string in the paper's notation, or a module such as
-    `ResNet` whose `forward(x, 1)[0]` gives logits) with cross-entropy and Adam, epoch by epoch
-    with `mt.train_epoch` (the spiking nets' loop: same shuffling and crops for the same seed).
+    `ResNet` whose `forward(x, 1)[0]` gives logits) with cross-entropy, epoch by epoch with
+    `mt.train_epoch` (the spiking nets' loop: same shuffling and crops for the same seed).
+    `optimizer`: "adam" (the default, the ReLU twins') or "sgd" (Nesterov momentum 0.9, standard
+    for ResNets), with `weight_decay`; `cosine_epochs`: the learning rate follows a cosine from `lr`
+    to 0 over that many epochs, set from the epoch number (so a run can be trained in chunks).
     With `checkpoint` (a file path) it saves after every epoch, like `mt.train`, and resumes from
     there when the file holds the same configuration and data. Returns (model in eval mode, test
     accuracy %, history of per-epoch rows)."""
+    mt._expect("optimizer", optimizer, str, lambda v: v in ("adam", "sgd"), '"adam" or "sgd"')
     torch.manual_seed(seed)
     net = (ann_net(spec, train_ds.x.shape[1:]) if isinstance(spec, str) else spec).to(train_ds.x.device)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    opt = (torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay) if optimizer == "adam" else
+           torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay))
     config = dict(spec=spec if isinstance(spec, str) else repr(spec), lr=lr, seed=seed, batch_size=batch_size,
                   augment=augment, data=dict(train=train_ds.fingerprint(), test=test_ds.fingerprint()))
+    # recorded only when not the defaults, so that the checkpoints of earlier runs still resume
+    config.update({k: v for k, v, default in [("optimizer", optimizer, "adam"), ("weight_decay", weight_decay, 0.0),
+                                              ("cosine_epochs", cosine_epochs, None)] if v != default})
     state = mt.load_checkpoint(checkpoint) if checkpoint else None
     if state is not None:
         if state["config"] != config:
@@ -81,6 +90,9 @@ def train_ann(spec, train_ds, test_ds, epochs=2, lr=1e-3, seed=0, batch_size=128
     history = state["history"] if state else []
     for epoch in range(len(history), epochs):
         t0 = time.time()
+        if cosine_epochs:
+            for group in opt.param_groups:
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(epoch, cosine_epochs) / cosine_epochs))
         losses, correct, _ = mt.train_epoch(net, opt, train_ds, lambda out, y: F.cross_entropy(out[0], y),
                                             lambda out: out[0].argmax(1), epoch=epoch, seed=seed,
                                             batch_size=batch_size, augment=augment)

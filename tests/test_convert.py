@@ -4,10 +4,12 @@ Expected values are written out by hand (a NumPy IF neuron, delays, phase window
 end-to-end check trains a tiny network on 2000 MNIST images (skipped without $MTSNN_DATA).
 Run: MTSNN_DATA=/path/to/data .venv/bin/python -m pytest tests/test_convert.py
 """
+import math
 import os
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # before torch: idle threads sleep (shared CPUs)
 
 import numpy as np
+
 import pytest
 import torch
 import torch.nn as nn
@@ -149,3 +151,21 @@ def test_train_ann_resumes_from_its_checkpoint(tmp_path):
     assert (acc2, [h["loss"] for h in hist2]) == (acc, [h["loss"] for h in hist])
     with pytest.raises(ValueError, match="holds another ANN run"):
         mc.train_ann("784-32-10", *data, epochs=2, lr=2e-3, checkpoint=ckpt)
+
+
+@needs_mnist
+def test_train_ann_with_sgd_and_a_cosine_schedule_resumes_in_chunks(tmp_path):
+    """SGD + weight decay + cosine schedule: trained in two chunks from a checkpoint, the same
+    weights as in one go; the schedule reaches 0 at `cosine_epochs`; the options enter the config."""
+    data = (mt.load_dataset("mnist", True, subset=256), mt.load_dataset("mnist", False, subset=128))
+    kw = dict(optimizer="sgd", lr=0.05, weight_decay=5e-4, cosine_epochs=3)
+    whole, acc, _ = mc.train_ann("784-32-10", *data, epochs=3, **kw)
+    ckpt = tmp_path / "sgd.pt"
+    mc.train_ann("784-32-10", *data, epochs=1, checkpoint=ckpt, **kw)
+    resumed, acc2, _ = mc.train_ann("784-32-10", *data, epochs=3, checkpoint=ckpt, **kw)
+    assert all(torch.equal(a, b) for a, b in zip(whole.parameters(), resumed.parameters())) and acc == acc2
+    state = mt.load_checkpoint(ckpt)
+    assert state["config"]["optimizer"] == "sgd" and state["config"]["cosine_epochs"] == 3
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.05 * 0.5 * (1 + math.cos(math.pi * 2 / 3)))
+    with pytest.raises(ValueError, match="optimizer"):
+        mc.train_ann("784-32-10", *data, epochs=1, optimizer="rmsprop")
