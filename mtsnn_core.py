@@ -51,6 +51,13 @@ QUICK_CIFAR10_SPEC = "16C3-32C3-P2-64C3-P2-64C3-32C3-256-256"
 # pulses at u = i*V_th, i = 1..S_max (Fig. 4). Each curve below replaces that comb.
 
 
+def comb_window(v_th, s_max, alpha_w):
+    """(reach, width): a Gaussian of f1/f2 further than reach + 1/2 thresholds from u is below
+    1e-9*alpha_H there, so the `width` = 2*reach + 1 thresholds nearest to u (at most S_max) suffice."""
+    reach = max(0, math.ceil(math.sqrt(alpha_w * math.log(1e9 * s_max)) / v_th - 0.5))
+    return reach, min(2 * reach + 1, s_max)
+
+
 def _gaussian_comb(u, v_th, s_max, alpha_h, alpha_w, narrowing):
     """Sum over thresholds i of a_i * exp(-(u - i*V_th)^2 / w_i): f1 (a_i = i, w_i = alpha_w/i)
     and f2 (a_i = 1, w_i = alpha_w) share this code.
@@ -62,8 +69,7 @@ def _gaussian_comb(u, v_th, s_max, alpha_h, alpha_w, narrowing):
     no masks at the ends of the comb. Exponents are clamped at -80 (exp(-80) ~ 2e-35): below that
     exp yields denormal floats, which the CPU computes 100-250x more slowly.
     """
-    reach = max(0, math.ceil(math.sqrt(alpha_w * math.log(1e9 * s_max)) / v_th - 0.5))
-    width = min(2 * reach + 1, s_max)
+    reach, width = comb_window(v_th, s_max, alpha_w)
     first = torch.round(u / v_th).sub_(reach).clamp_(1, s_max - width + 1)  # lowest threshold summed
     offset = torch.add(u, first, alpha=-v_th)  # u - first*V_th
     total, term = torch.zeros_like(u), torch.empty_like(u)
@@ -1172,8 +1178,8 @@ def pick_device(device="auto", profile=None):
     The full profile (the paper's settings: CPU weeks for Table 6) refuses to fall back to a CPU:
     ask for it by name (device="cpu") to run it there anyway."""
     if device == "auto" and profile == "full" and not torch.cuda.is_available():
-        raise RuntimeError("the full profile found no GPU; it takes days to weeks of CPU time (README, 'What a "
-                           "full run costs'). To run it on this CPU anyway, ask for it: DEVICE='cpu' "
+        raise RuntimeError("the full profile found no GPU; it takes days to weeks of CPU time (README, 'On a "
+                           "GPU'). To run it on this CPU anyway, ask for it: DEVICE='cpu' "
                            "(papermill -p DEVICE cpu, or make PROFILE=full DEVICE=cpu)")
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else str(_check_device(device))
 
@@ -1181,7 +1187,7 @@ def pick_device(device="auto", profile=None):
 # How paper runs use a GPU, chosen once and written into every result (`device_setup`): TF32 for
 # convolutions and matrix products (tensor cores; a rounding of the synaptic input ~1e-3, far below
 # the integer spikes' own granularity; fp32 made the CIFAR-10 step 2.2x slower on an H200), cuDNN's
-# autotuner on (fixed shapes) and restricted to deterministic algorithms (+1-5 % per step there):
+# autotuner on (fixed shapes) and restricted to deterministic algorithms (at most +5 % per step there):
 # with the fused neuron, a GPU run is then bit-reproducible on the same card and software.
 # benchmarks/bench_step.py times the alternatives (f2-fp32, f2-nondeterministic).
 CUDA_POLICY = dict(tf32=True, cudnn_benchmark=True, cudnn_deterministic=True)

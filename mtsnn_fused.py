@@ -13,11 +13,11 @@ device, which on a CPU needs TRITON_INTERPRET=1 and serves the tests).
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
+
+import mtsnn_core as mt
 
 BLOCK = 1024
 _SURROGATE = {"f1": 1, "f2": 2, "f3": 3}
@@ -98,12 +98,6 @@ def _like_steps(x):
     return torch.empty_strided(x.shape, (base.numel(), *base.stride()), dtype=torch.float32, device=x.device)
 
 
-def _window(neuron):
-    """mtsnn_core._gaussian_comb's window: how many thresholds around h the Gaussians reach."""
-    reach = max(0, math.ceil(math.sqrt(neuron.alpha_w * math.log(1e9 * neuron.s_max)) / neuron.v_th - 0.5))
-    return reach, min(2 * reach + 1, neuron.s_max)
-
-
 def forward(x, neuron):
     """(spikes, pre-reset potentials h), both [T, ...] in x[0]'s memory layout."""
     T, n = x.shape[0], x[0].numel()
@@ -119,7 +113,8 @@ def backward(h_all, grad_spikes, neuron):
         grad_spikes = torch.empty_like(h_all).copy_(grad_spikes)
     grad_h = torch.empty_like(h_all)
     n = h_all[0].numel()
-    reach, width, alpha_w = (0, 1, 1.0) if neuron.surrogate == "f3" else (*_window(neuron), neuron.alpha_w)
+    reach, width, alpha_w = ((0, 1, 1.0) if neuron.surrogate == "f3" else
+                             (*mt.comb_window(neuron.v_th, neuron.s_max, neuron.alpha_w), neuron.alpha_w))
     _backward_kernel[(triton.cdiv(n, BLOCK),)](
         h_all, grad_spikes, grad_h, n, h_all.shape[0], 1.0 - 1.0 / neuron.tau_m, neuron.v_th, float(neuron.s_max),
         float(neuron.alpha_h), -1.0 / alpha_w, float(reach), width,

@@ -328,8 +328,6 @@ def main(argv=None):
     device = torch.device(mt.pick_device(args.device))
     if device.type == "cpu":  # as mt.train does, for every variant alike: denormals cost 10-100x on x86
         torch.set_flush_denormal(True)
-    if device.type == "cuda":
-        mt.configure_cuda()
     if args.sj_backend == "torch":
         os.environ.setdefault(_SJ_ENV, "torch")
     cuda = device.type == "cuda"

@@ -90,7 +90,7 @@ def test_neuron_and_loss_stay_fp32_under_bf16_autocast():
 
 
 def _synthetic(name, n, shape):
-    """A Dataset of random images whose class is decided by the sign pattern of a few pixels."""
+    """A Dataset of random images whose class is the index of the largest of their first 10 values."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, *shape, generator=g)
     y = (x.flatten(1)[:, :10].argmax(1)).long()

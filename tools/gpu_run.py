@@ -35,8 +35,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 NOTEBOOKS = ["10_mnist_mlp", "20_fmnist_mlp", "11_mnist_cnn", "21_fmnist_cnn", "30_cifar10_cnn"]
-DATASET_OF = {"1": "MNIST", "2": "FashionMNIST", "3": "cifar-10-jpeg75"}  # by the notebook number's first digit
+DATA_FOLDERS = {"mnist": ["MNIST"], "fmnist": ["FashionMNIST"], "cifar10": ["cifar-10-batches-py", "cifar-10-jpeg75"]}
+
+
+def dataset_of(stem):
+    """The dataset a table or ablation notebook trains on (mtsnn_tables), else None."""
+    import mtsnn_tables as tb
+    return tb.TABLES[stem].dataset if stem in tb.TABLES else ("cifar10" if stem in tb.ABLATIONS else None)
 
 
 class Session:
@@ -187,9 +194,9 @@ def main(argv=None):
     if "notebooks" in steps:
         stems = []
         for stem in [s for s in args.notebooks.split(",") if s]:
-            folder = data_root / DATASET_OF.get(stem[0], "")
+            folders = [data_root / f for f in DATA_FOLDERS.get(dataset_of(stem), [])]
             why = ("no such notebook" if not (ROOT / "notebooks" / f"{stem}.ipynb").exists() else
-                   f"no data at {folder}" if stem[0] in DATASET_OF and not folder.exists() else None)
+                   f"no data at {folders[0]}" if folders and not any(f.exists() for f in folders) else None)
             if why:
                 session.steps.append(dict(step=stem, status=f"skipped: {why}"))
                 session.say(f"== {stem}: skipped, {why}")
