@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -59,7 +60,7 @@ def ann_accuracy(net, data, batch_size=1000):
 
 
 def train_ann(spec, train_ds, test_ds, epochs=2, lr=1e-3, seed=0, batch_size=128, augment=True,
-              progress=False, checkpoint=None, optimizer="adam", weight_decay=0.0, cosine_epochs=None):
+              progress=False, checkpoint=None, optimizer="adam", weight_decay=0.0, cosine_epochs=None, stop_at=None):
     """Train the ReLU network `spec` (a string in the paper's notation, or a module such as
     `ResNet` whose `forward(x, 1)[0]` gives logits) with cross-entropy, epoch by epoch with
     `mt.train_epoch` (the spiking nets' loop: same shuffling and crops for the same seed).
@@ -67,8 +68,10 @@ def train_ann(spec, train_ds, test_ds, epochs=2, lr=1e-3, seed=0, batch_size=128
     for ResNets), with `weight_decay`; `cosine_epochs`: the learning rate follows a cosine from `lr`
     to 0 over that many epochs, set from the epoch number (so a run can be trained in chunks).
     With `checkpoint` (a file path) it saves after every epoch, like `mt.train`, and resumes from
-    there when the file holds the same configuration and data. Returns (model in eval mode, test
-    accuracy %, history of per-epoch rows)."""
+    there when the file holds the same configuration and data. `stop_at` (a `time.time()` value):
+    no epoch is started that would end after it, judged by the last epoch's duration (a budgeted
+    run stops early; the same call resumes it). Returns (model in eval mode, test accuracy % after
+    the last epoch trained, history of per-epoch rows: fewer than `epochs` when stopped early)."""
     mt._expect("optimizer", optimizer, str, lambda v: v in ("adam", "sgd"), '"adam" or "sgd"')
     torch.manual_seed(seed)
     net = (ann_net(spec, train_ds.x.shape[1:]) if isinstance(spec, str) else spec).to(train_ds.x.device)
@@ -90,6 +93,8 @@ def train_ann(spec, train_ds, test_ds, epochs=2, lr=1e-3, seed=0, batch_size=128
     history = state["history"] if state else []
     for epoch in range(len(history), epochs):
         t0 = time.time()
+        if stop_at is not None and history and t0 + history[-1]["seconds"] > stop_at:
+            break
         if cosine_epochs:
             for group in opt.param_groups:
                 group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(epoch, cosine_epochs) / cosine_epochs))
@@ -149,6 +154,55 @@ class ResNet(nn.Module):
 
     def forward(self, x, T=1):
         return self.head(self.blocks(self.relu(self.stem(x)))).unsqueeze(0)
+
+
+class VGG(nn.Module):
+    """VGG-style plain network: stages of `convs_per_stage` 3x3 conv + batch norm + ReLU, each
+    stage ending in 2x2 max pooling -> global average -> linear. `VGG(3, (64, 128, 256), 2)` is
+    the VGG-7 of notebook 51 (6 convolutions + the classifier). `forward(x, T=1)` as `ResNet`."""
+
+    def __init__(self, in_channels=3, widths=(64, 128, 256), convs_per_stage=2, n_classes=10):
+        super().__init__()
+        layers, cin = [], in_channels
+        for w in widths:
+            for _ in range(convs_per_stage):
+                layers += [_conv_bn(cin, w, 3, 1), nn.ReLU()]
+                cin = w
+            layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, n_classes))
+
+    def forward(self, x, T=1):
+        return self.head(self.features(x)).unsqueeze(0)
+
+
+# The CIFAR-10 ANNs of notebook 51 and their recipe (SGD + Nesterov, weight decay, cosine to 0 over
+# `epochs`, crops + flips): `tools/train_conversion_anns.py` trains them, weights/ stores them.
+CIFAR10_ANNS = {"resnet20": lambda: ResNet(3, (16, 32, 64), 3), "vgg7": lambda: VGG(3, (64, 128, 256), 2)}
+ANN_RECIPE = dict(epochs=100, lr=0.1, optimizer="sgd", weight_decay=5e-4, batch_size=128, seed=0)
+
+
+def train_cifar10_ann(name, train_ds, test_ds, checkpoint=None, progress=False, stop_at=None, **recipe):
+    """`train_ann` of `CIFAR10_ANNS[name]` with `ANN_RECIPE` (entries overridden by `recipe`),
+    initialised from seed 0; the cosine schedule spans the recipe's epochs."""
+    r = dict(ANN_RECIPE, **recipe)
+    torch.manual_seed(r["seed"])
+    return train_ann(CIFAR10_ANNS[name](), train_ds, test_ds, cosine_epochs=r["epochs"], checkpoint=checkpoint,
+                     progress=progress, stop_at=stop_at, **r)
+
+
+def load_cifar10_ann(name, weights_dir="weights", device="cpu"):
+    """The trained ANN `name` from `weights_dir/cifar10_<name>.pt` (written by
+    tools/train_conversion_anns.py) in eval mode, and that file's contents (history, config,
+    provenance, device_setup)."""
+    path = Path(weights_dir) / f"cifar10_{name}.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"no stored ANN at {path}: train it with "
+                                f"`python tools/train_conversion_anns.py --nets {name}` (README, notebook 51)")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    net = CIFAR10_ANNS[name]()
+    net.load_state_dict(state["model"])
+    return net.to(device).eval(), state
 
 
 def fold_bn(conv_bn):
@@ -422,8 +476,14 @@ def convert(ann, calib_x, percentile=99.9, s_max=1, period=None, keep_residue=Tr
         ifs[stages[0]] = ann.relu
         readout = ann.head
     else:
-        first, stages, layers = ann.first, [], [m.layer if isinstance(m, mt.TimeFolded) else m for m in ann.rest]
-        *layers, readout = [m for m in layers if not isinstance(m, nn.Identity)]
+        if isinstance(ann, VGG):
+            first, layers = fold_bn(ann.features[0]), [fold_bn(m) if isinstance(m, nn.Sequential) else m
+                                                       for m in ann.features[1:]]
+            readout = ann.head
+        else:
+            first, layers = ann.first, [m.layer if isinstance(m, mt.TimeFolded) else m for m in ann.rest]
+            *layers, readout = [m for m in layers if not isinstance(m, nn.Identity)]
+        stages = []
         for m in layers:
             if isinstance(m, nn.ReLU):
                 stages.append(make(m, first=not stages))
