@@ -513,33 +513,56 @@ def evaluate_conversion(snn, ann, data, T_read=T_READ, batch_size=250, chunk=32)
     """Run `snn` for max(T_read) steps on every image of `data` and read the accumulated output at
     each T in T_read. Returns dict(accuracy={T: %}, agreement={T: % same class as the ANN},
     ann_accuracy, sin={T: [per IF layer: fraction of spikes up to T emitted by neurons whose ANN
-    activation is 0]}, rate=[per IF layer: spikes per neuron per step over T_max], seconds)."""
-    t0, T, ifs = time.time(), max(T_read), snn.if_layers()
+    activation is 0, or nan for a layer that has not spiked yet]} for the T of T_READ in T_read,
+    rate=[per IF layer: spikes per neuron per step over T_max], spikes=[spikes per image at each
+    step, all layers], predictions (int8 [len(T_read), images], -1 = the readout has received nothing
+    yet), ann_predictions, seconds)."""
+    t0, T_read = time.time(), list(T_read)
+    T, ifs = max(T_read), snn.if_layers()
     idx = torch.tensor([t - 1 for t in T_read], device=data.x.device)
-    correct, agree, ann_correct, neurons = torch.zeros(len(T_read)), torch.zeros(len(T_read)), 0, [0] * len(ifs)
+    preds, ann_preds, neurons = [], [], [0] * len(ifs)
     for m in ifs:
         m.clear_stats()
     for i in range(0, len(data), batch_size):
-        x, y = data.x[i:i + batch_size], data.y[i:i + batch_size]
+        x = data.x[i:i + batch_size]
         acts = relu_activations(ann, x, batch_size)
         for k, m in enumerate(ifs):
             a = acts[snn.relu_of[m]]
             m.inactive = ((F.max_pool2d(a, m.mask_pool) if m.mask_pool else a) <= 0).float()
             neurons[k] += m.inactive[0].numel() * len(x)
-        ann_pred = ann(x, 1)[0].argmax(1)
-        pred = snn(x, T, chunk)[idx].argmax(2)  # [len(T_read), B]
-        correct += (pred == y).sum(1).cpu()
-        agree += (pred == ann_pred).sum(1).cpu()
-        ann_correct += (ann_pred == y).sum().item()
-    n = len(data)
-    sin = {t: [(m.spikes_inactive[:t].sum() / m.spikes_total[:t].sum().clamp(min=1)).item() for m in ifs]
-           for t in T_read}
+        ann_preds.append(ann(x, 1)[0].argmax(1).cpu())
+        out = snn(x, T, chunk)[idx]  # [len(T_read), B, classes]
+        # no current has reached the readout yet (a bistable pipeline filling up): no answer, -1
+        preds.append(torch.where((out == 0).all(2), -1, out.argmax(2)).to(torch.int8).cpu())
+    pred, ann_pred, y, n = torch.cat(preds, 1), torch.cat(ann_preds), data.y.cpu(), len(data)
+    silent_nan = lambda inactive, total: (inactive / total).item() if total > 0 else float("nan")
+    sin = {t: [silent_nan(m.spikes_inactive[:t].sum(), m.spikes_total[:t].sum()) for m in ifs]
+           for t in T_READ if t in T_read}
     rate = [(m.spikes_total.sum() / (nn_ * T)).item() for m, nn_ in zip(ifs, neurons)]
     for m in ifs:
         m.inactive = None
-    return dict(accuracy={t: 100.0 * c.item() / n for t, c in zip(T_read, correct)},
-                agreement={t: 100.0 * a.item() / n for t, a in zip(T_read, agree)},
-                ann_accuracy=100.0 * ann_correct / n, sin=sin, rate=rate, seconds=time.time() - t0)
+    return dict(accuracy={t: 100.0 * (p == y).sum().item() / n for t, p in zip(T_read, pred)},
+                agreement={t: 100.0 * (p == ann_pred).sum().item() / n for t, p in zip(T_read, pred)},
+                ann_accuracy=100.0 * (ann_pred == y).sum().item() / n, sin=sin, rate=rate,
+                spikes=(sum(m.spikes_total for m in ifs) / n).tolist(), predictions=pred,
+                ann_predictions=ann_pred, seconds=time.time() - t0)
+
+
+def steps_within(accuracy, ceiling, points):
+    """The smallest T from which the accuracy stays within `points` of `ceiling` at every later T
+    read ({T: %}), or None if it is not within at the last T."""
+    ts = sorted(accuracy)
+    below = [t for t in ts if accuracy[t] < ceiling - points]
+    if not below:
+        return ts[0]
+    return next((t for t in ts if t > below[-1]), None)
+
+
+def paired_se(predictions, ann_predictions, labels):
+    """Sampling error (percentage points) of accuracy(SNN) - accuracy(ANN) on the same images, per
+    row of `predictions` [len(T), images]: the standard error of the mean per-image difference."""
+    diff = (predictions == labels).double() - (ann_predictions == labels).double()
+    return (100.0 * diff.std(1, correction=1) / math.sqrt(diff.shape[1])).tolist()
 
 
 def first_T_reaching(accuracy, target):
