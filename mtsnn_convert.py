@@ -448,19 +448,28 @@ def percentile_threshold(act, p=99.9, max_values=2_000_000, seed=0):
     return torch.quantile(v, p / 100.0).item()
 
 
-@torch.no_grad()
-def convert(ann, calib_x, percentile=99.9, s_max=1, period=None, keep_residue=True, sync=True, u0=0.0):
-    """Convert a trained ANN (from `ann_net`/`train_ann`, or a `ResNet`) into a `ConvertedSNN`.
+def calibrate(ann, calib_x, percentile=99.9):
+    """Threshold balancing: the `percentile`-th percentile of each ReLU's positive outputs on
+    `calib_x` (training images), one per ReLU in the order the ANN runs them, which is the order
+    of the converted network's spiking layers."""
+    return [percentile_threshold(a, percentile) for a in relu_activations(ann, calib_x).values()]
 
-    Every ReLU becomes an `IFLayer` with threshold theta = the `percentile`-th percentile of that
-    ReLU's positive outputs on `calib_x` (training images). `s_max` > 1 gives multi-threshold
-    neurons (spike value theta/s_max); `period` makes them bistable. Max pooling becomes
-    `SpikePool`. In a ResNet, `sync=True` delays each shortcut by the residual path's extra
-    latency: one spiking layer (if_a) more than the shortcut, i.e. one phase = `period` steps when
-    bistable, 0 steps otherwise (the plain IF network has no per-layer delay)."""
-    theta = {m: percentile_threshold(a, percentile) for m, a in relu_activations(ann, calib_x).items()}
-    depth = iter(range(10_000))
-    make = lambda relu, first=False: IFLayer(theta[relu], s_max, period, next(depth), keep_residue,
+
+@torch.no_grad()
+def convert(ann, calib_x, percentile=99.9, s_max=1, period=None, keep_residue=True, sync=True, u0=0.0,
+            thresholds=None):
+    """Convert a trained ANN (from `ann_net`/`train_ann`, a `ResNet` or a `VGG`) into a `ConvertedSNN`.
+
+    Every ReLU becomes an `IFLayer` with threshold theta = `calibrate(ann, calib_x, percentile)`,
+    or `thresholds` when given (one per spiking layer, in order: a stored run's; `calib_x` is then
+    unused). `s_max` > 1 gives multi-threshold neurons (spike value theta/s_max); `period` makes
+    them bistable. Max pooling becomes `SpikePool`. In a ResNet, `sync=True` delays each shortcut
+    by the residual path's extra latency: one spiking layer (if_a) more than the shortcut, i.e. one
+    phase = `period` steps when bistable, 0 steps otherwise (the plain IF network has no per-layer
+    delay)."""
+    thetas = list(thresholds) if thresholds is not None else calibrate(ann, calib_x, percentile)
+    depth = iter(range(len(thetas)))
+    make = lambda relu, first=False: IFLayer(thetas[d := next(depth)], s_max, period, d, keep_residue,
                                              constant=first, u0=u0)
     ifs = {}
     if isinstance(ann, ResNet):
@@ -498,7 +507,8 @@ def convert(ann, calib_x, percentile=99.9, s_max=1, period=None, keep_residue=Tr
             # neurons). The SIN statistics of that layer then refer to the pooled units.
             first = nn.Sequential(first, nn.MaxPool2d(stages[1].k))
             stages[0].mask_pool = stages.pop(1).k
-    snn = ConvertedSNN(first, stages, readout, next(depth), period)
+    assert next(depth, None) is None, f"{len(thetas)} thresholds for {len(ifs)} spiking layers"
+    snn = ConvertedSNN(first, stages, readout, len(thetas), period)
     snn.relu_of = ifs  # IF layer -> the ANN ReLU it replaces (for the SIN statistics)
     return snn.eval()
 

@@ -6,6 +6,9 @@ Run: MTSNN_DATA=/path/to/data .venv/bin/python -m pytest tests/test_convert.py
 """
 import math
 import os
+import subprocess
+import sys
+from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # before torch: idle threads sleep (shared CPUs)
 
 import numpy as np
@@ -169,3 +172,99 @@ def test_train_ann_with_sgd_and_a_cosine_schedule_resumes_in_chunks(tmp_path):
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.05 * 0.5 * (1 + math.cos(math.pi * 2 / 3)))
     with pytest.raises(ValueError, match="optimizer"):
         mc.train_ann("784-32-10", *data, epochs=1, optimizer="rmsprop")
+
+
+class _Images:
+    """The two fields of a Dataset that evaluate_conversion reads."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+
+def test_vgg_converts_with_folded_batch_norm_and_tracks_its_ann():
+    """A VGG with trained-looking batch-norm statistics, converted with multi-threshold IF neurons
+    (S_max = 15) and thresholds at the calibration maximum: its mean readout over 512 steps is the
+    ANN's logits up to the quantisation of a few levels per neuron."""
+    torch.manual_seed(0)
+    net = mc.VGG(1, (6, 8), 2)
+    x = torch.randn(64, 1, 16, 16)
+    net.train()
+    with torch.no_grad():
+        for _ in range(5):
+            net(x)  # running statistics away from their (0, 1) start
+    net.eval()
+    snn = mc.convert(net, x, percentile=100.0, s_max=15)
+    assert len(snn.if_layers()) == 4 and sum(isinstance(m, mc.SpikePool) for m in snn.modules()) == 2
+    logits = net(x, 1)[0]
+    mean_readout = snn(x, T=512)[-1] / 512
+    assert torch.allclose(mean_readout, logits, atol=0.05 * logits.abs().max().item())
+
+
+def test_no_answer_before_the_bistable_pipeline_reaches_the_readout():
+    """Until the first current reaches the readout the prediction is -1 (wrong, whatever the label),
+    and layers that have not fired yet are reported silent (nan), not as 0 % SIN."""
+    torch.manual_seed(0)
+    ann = mc.ann_net("784-20-20-10", (1, 28, 28)).eval()
+    x, y = torch.rand(16, 1, 28, 28), torch.zeros(16, dtype=torch.long)
+    snn = mc.convert(ann, x, period=2)
+    r = mc.evaluate_conversion(snn, ann, _Images(x, y), T_read=range(1, 17), batch_size=16, chunk=4)
+    first = next(t for t in range(1, 17) if (r["predictions"][t - 1] != -1).any())
+    assert first == 5  # readout at depth 2 integrates in phase 2: steps 4, 5 (0-based)
+    assert (r["predictions"][:first - 1] == -1).all() and all(r["accuracy"][t] == 0 for t in range(1, first))
+    assert math.isnan(r["sin"][4][1]) and not math.isnan(r["sin"][4][0])  # layers fire from steps 2 and 4 on
+    assert r["predictions"].dtype == torch.int8 and r["predictions"].shape == (16, 16)
+
+
+def test_steps_within_reads_from_which_T_the_accuracy_stays_near_the_ann():
+    acc = {1: 50.0, 2: 89.5, 4: 88.0, 8: 89.6, 16: 90.0}
+    assert mc.steps_within(acc, 90.0, 1.0) == 8  # T = 2 touches the band, T = 4 falls out again
+    assert mc.steps_within(acc, 90.0, 0.5) == 8
+    assert mc.steps_within(acc, 90.0, 0.1) == 16
+    assert mc.steps_within(acc, 91.5, 1.0) is None
+    assert mc.steps_within({1: 95.0, 2: 96.0}, 95.5, 1.0) == 1
+
+
+def test_paired_se_is_the_standard_error_of_the_per_image_difference():
+    labels = torch.tensor([0, 1, 2, 3])
+    ann = torch.tensor([0, 1, 2, 0])  # right, right, right, wrong
+    snn = torch.tensor([[0, 1, 2, 3], [0, 1, 2, 0], [1, 1, 2, 0]], dtype=torch.int8)
+    diff = [[0, 0, 0, 1], [0, 0, 0, 0], [-1, 0, 0, 0]]
+    expected = [100 * float(np.std(d, ddof=1)) / 2 for d in diff]
+    assert mc.paired_se(snn, ann, labels) == pytest.approx(expected)
+
+
+@needs_mnist
+def test_train_ann_stops_before_an_epoch_that_would_overrun_and_resumes(tmp_path):
+    data = (mt.load_dataset("mnist", True, subset=256), mt.load_dataset("mnist", False, subset=128))
+    whole, _, _ = mc.train_ann("784-32-10", *data, epochs=3)
+    ckpt = tmp_path / "ann.pt"
+    _, _, hist = mc.train_ann("784-32-10", *data, epochs=3, checkpoint=ckpt, stop_at=0.0)
+    assert len(hist) == 1  # the first epoch always runs; the second would end after stop_at
+    resumed, _, hist = mc.train_ann("784-32-10", *data, epochs=3, checkpoint=ckpt)
+    assert len(hist) == 3 and all(torch.equal(a, b) for a, b in zip(whole.parameters(), resumed.parameters()))
+
+
+needs_cifar10 = pytest.mark.skipif(not ((DATA / "cifar-10-jpeg75").exists() or (DATA / "cifar-10-batches-py").exists()),
+                                   reason=f"CIFAR-10 not under {DATA} (set MTSNN_DATA)")
+
+
+@needs_cifar10
+def test_train_conversion_anns_stores_weights_that_load(tmp_path):
+    """tools/train_conversion_anns.py on 64 images for one epoch, one process per network: both
+    weights files are written and load with load_cifar10_ann; a second call retrains nothing."""
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(root / "tools" / "train_conversion_anns.py"), "--subset", "64", "--epochs", "1",
+           "--runs", str(tmp_path / "runs"), "--weights", str(tmp_path / "w"), "--parallel", "--threads", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name in mc.CIFAR10_ANNS:
+        net, state = mc.load_cifar10_ann(name, tmp_path / "w")
+        assert len(state["history"]) == 1 and "optimizer" not in state and state["device_setup"]["device"]
+        assert state["config"]["cosine_epochs"] == 1 and state["config"]["optimizer"] == "sgd"
+    again = subprocess.run(cmd, capture_output=True, text=True)
+    assert again.returncode == 0 and again.stdout.count("not retrained") == 2, again.stdout + again.stderr
+    with pytest.raises(FileNotFoundError, match="train_conversion_anns.py"):
+        mc.load_cifar10_ann("resnet20", tmp_path / "nothing")
