@@ -12,6 +12,7 @@ Each table notebook tells its table's story by calling these in order:
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -446,9 +447,53 @@ def claim_ledger(figures_dir):
                              f"{rows[0]['dataset']} {rows[0]['network']} (toy), ANN {ann:.2f} %: plain IF within 1 "
                              f"point from T = {need}; direct T = 2: {direct['accuracy_mean']:.2f} %",
                              "agrees in shape" if shape else "not shown", False, n=len(direct["seeds"])))
+    if "51_bsnn_cifar10" in docs:
+        ledger += _bsnn_entries(docs["51_bsnn_cifar10"])
     for entry in ledger:
         entry["code"] = _commit(docs[entry["notebook"]]) if entry["notebook"] in docs else "—"
     return ledger
+
+
+def _bsnn_entries(doc):
+    """Notebook 51's ledger rows: BSNN's claims and the conversion-latency argument, on ResNet-20
+    and VGG-7 (cifar10-jpeg75, our reading of the bistable neuron: not like for like)."""
+    m, n, T = doc["methods"], doc["images"], len(doc["methods"]["resnet20/IF"]["accuracy"])
+    within = lambda key: m[key]["steps_within"]["1.0"]
+    steps = lambda key: within(key) or T + 1  # never within by T_max: counted as T_max + 1
+    show = lambda key: within(key) or f"> {T}"
+    workload = f"cifar10-jpeg75, {n} test images, ANN ResNet-20 {doc['ann_accuracy']['resnet20']:.2f} % / VGG-7 " \
+               f"{doc['ann_accuracy']['vgg7']:.2f} %"
+    bsnn = {"resnet20": "resnet20/bistable + SN", "vgg7": "vgg7/bistable"}
+    ratios = {net: steps(f"{net}/IF") / steps(key) for net, key in bsnn.items()}
+    faster = [r >= 4 and within(bsnn[net]) for net, r in ratios.items()]
+    entries = [_entry("BSNN: nearly lossless conversion in 1/4-1/10 of the steps of earlier conversion",
+                      "BSNN abstract (VGG16, ResNet-20/34, CIFAR-10 95.16 %)", "51_bsnn_cifar10",
+                      f"{workload}; within 1 point of the ANN from T = " + ", ".join(
+                          f"{show(f'{net}/IF')} (plain IF) vs {show(key)} ({key.split('/')[1]}) on {net}"
+                          for net, key in bsnn.items()) + "; our reading of the bistable neuron (P = 4)",
+                      "agrees" if all(faster) else "contradicts" if all(r < 1 for r in ratios.values())
+                      else "not shown", False)]
+    a_sn, a_no = m["resnet20/bistable + SN"]["accuracy"][-1], m["resnet20/bistable"]["accuracy"][-1]
+    se = 100 * math.sqrt((a_sn / 100 * (1 - a_sn / 100) + a_no / 100 * (1 - a_no / 100)) / n)
+    entries.append(_entry("BSNN: ResNets need synchronous neurons on their shortcuts", "BSNN abstract",
+                          "51_bsnn_cifar10", f"{workload}; ResNet-20 bistable at T = {T}: with SN {a_sn:.2f} %, "
+                          f"without {a_no:.2f} % (± {se:.2f})",
+                          "agrees" if a_sn - a_no > 2 * se else "not shown", False))
+    mean_sin = lambda key: pd.Series(m[key]["sin"][str(T)], dtype=float).mean()  # silent layers (None) left out
+    lower = [mean_sin(key) < mean_sin(f"{net}/IF") for net, key in bsnn.items()]
+    entries.append(_entry("BSNN: bistable neurons remove the spikes of inactivated neurons (SIN)", "BSNN abstract",
+                          "51_bsnn_cifar10", f"{workload}; SIN up to T = {T}, mean over spiking layers: " + ", ".join(
+                              f"{net} plain IF {100 * mean_sin(f'{net}/IF'):.2f} %, {key.split('/')[1]} "
+                              f"{100 * mean_sin(key):.2f} %" for net, key in bsnn.items()),
+                          "agrees" if all(lower) else "contradicts" if not any(lower) else "not shown", False))
+    plain = {net: within(f"{net}/IF") for net in bsnn}
+    entries.append(_entry("Conversion needs tens to hundreds of steps (CIFAR-10 networks)",
+                          "Table 6 (converted SNN 83.52 %, ANN 83.72 %; direct T = 2: 87.90 %)", "51_bsnn_cifar10",
+                          f"{workload}; plain IF within 1 point from T = "
+                          + ", ".join(f"{show(f'{net}/IF')} ({net})" for net in bsnn) + "; at T = 2: "
+                          + ", ".join(f"{m[f'{net}/IF']['accuracy'][1]:.2f} % ({net})" for net in bsnn),
+                          "agrees" if all(t is None or t >= 10 for t in plain.values()) else "contradicts", False))
+    return entries
 
 
 def full_profile_cost(figures_dir, bench_json):

@@ -187,3 +187,22 @@ def test_readme_gpu_tables_are_the_json():
     assert [r["notebook"] for r in measured] == ["10_mnist_mlp", "11_mnist_cnn", "20_fmnist_mlp", "21_fmnist_cnn"]
     assert f"Projected total: {sum(r['gpu_hours'] for r in rows):.1f} H200 hours" in readme
 
+
+
+def test_readme_bsnn_table_is_the_json():
+    """The README's notebook-51 rows quote figures/51_bsnn_cifar10.json: accuracy at T = 2, 32 and
+    256, the steps to within 1 and 0.5 points of the ANN, the time per image, and the ANNs."""
+    doc = json.loads((tb.STORED_DIR / "51_bsnn_cifar10.json").read_text())
+    readme = (tb.ROOT / "README.md").read_text()
+    block = readme[readme.index("<!-- bsnn table -->"):readme.index("<!-- /bsnn table -->")]
+    cells_of = lambda line: [c.strip() for c in line.strip().strip("|").split("|")]
+    rows = {tuple(cells_of(line)[:2]): cells_of(line) for line in block.splitlines()[3:] if line.startswith("| ")}
+    show = lambda t: str(t) if t is not None else "> 256"
+    for key, m in doc["methods"].items():
+        cells, a = rows[tuple(key.split("/"))], m["accuracy"]
+        assert cells[2:5] == [f"{a[t - 1]:.2f} %" for t in (2, 32, 256)], key
+        assert cells[5:7] == [show(m["steps_within"][d]) for d in ("1.0", "0.5")], key
+        assert cells[7] == f"{1000 * m['seconds'] / doc['images']:.2f}", key
+    for net, acc in doc["ann_accuracy"].items():
+        assert rows[(net, "ANN (ReLU)")][2] == f"{acc:.2f} %", net
+    assert len(rows) == len(doc["methods"]) + len(doc["ann_accuracy"]) and doc["images"] == 10_000
