@@ -191,11 +191,11 @@ def train_cifar10_ann(name, train_ds, test_ds, checkpoint=None, progress=False, 
                      progress=progress, stop_at=stop_at, **r)
 
 
-def load_cifar10_ann(name, weights_dir="weights", device="cpu"):
-    """The trained ANN `name` from `weights_dir/cifar10_<name>.pt` (written by
-    tools/train_conversion_anns.py) in eval mode, and that file's contents (history, config,
-    provenance, device_setup)."""
-    path = Path(weights_dir) / f"cifar10_{name}.pt"
+def load_cifar10_ann(name, weights_dir=None, device="cpu"):
+    """The trained ANN `name` from `weights_dir/cifar10_<name>.pt` (default: the repository's
+    weights/, written by tools/train_conversion_anns.py) in eval mode, and that file's contents
+    (history, config, provenance, device_setup)."""
+    path = Path(weights_dir or Path(__file__).resolve().parent / "weights") / f"cifar10_{name}.pt"
     if not path.exists():
         raise FileNotFoundError(f"no stored ANN at {path}: train it with "
                                 f"`python tools/train_conversion_anns.py --nets {name}` (README, notebook 51)")
