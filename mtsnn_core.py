@@ -1149,8 +1149,15 @@ def _cpu_model():
 
 def provenance():
     """Which code and software made a result: the git commit (with a flag for uncommitted changes
-    to the code outside notebooks/, figures/ and weights/), the torch version and the CPU model."""
+    to the code outside notebooks/, figures/ and weights/), the torch version and the CPU model.
+    $MTSNN_COMMIT ("<sha>" or "<sha>-dirty", e.g. `git describe --always --dirty --abbrev=40` where
+    the run is sent from) overrides git: a copy of the tree on a borrowed machine may carry stale git
+    metadata."""
     import subprocess
+    sent = os.environ.get("MTSNN_COMMIT")
+    if sent:
+        return dict(commit=sent.removesuffix("-dirty"), dirty=sent.endswith("-dirty"), torch=str(torch.__version__),
+                    cpu=_cpu_model(), commit_from="MTSNN_COMMIT")
     here = Path(__file__).resolve().parent
     git = lambda *a: subprocess.run(["git", *a], cwd=here, capture_output=True, text=True, timeout=10)
     try:

@@ -1078,3 +1078,15 @@ def test_cuda_policy_is_applied_and_every_result_names_its_setup(tmp_path):
     doc = __import__("json").loads(path.read_text())
     assert doc["device_setup"] == mt.device_setup("cpu") and doc["device_setup"]["device"].startswith("cpu")
 
+
+
+def test_provenance_takes_the_commit_named_by_the_sender(monkeypatch):
+    """On a borrowed machine the tree's git metadata can lag (a GPU copy read the session's first
+    commit): $MTSNN_COMMIT, set where the run is sent from, wins."""
+    monkeypatch.setenv("MTSNN_COMMIT", "a" * 40 + "-dirty")
+    p = mt.provenance()
+    assert (p["commit"], p["dirty"], p["commit_from"]) == ("a" * 40, True, "MTSNN_COMMIT")
+    monkeypatch.setenv("MTSNN_COMMIT", "b" * 40)
+    assert (mt.provenance()["commit"], mt.provenance()["dirty"]) == ("b" * 40, False)
+    monkeypatch.delenv("MTSNN_COMMIT")
+    assert "commit_from" not in mt.provenance()
