@@ -1010,10 +1010,10 @@ def load_model(path, device="cpu"):
     return net.to(_check_device(device))
 
 
-def export_weights(checkpoint, path):
-    """Write the model of a finished `train` checkpoint without its optimizer state (a third of
-    the size): weights, configuration, data fingerprint, per-epoch history and provenance, which
-    `load_model` reads."""
+def export_weights(checkpoint, path, **extra):
+    """Write the model of a finished `train` (or `mtsnn_convert.train_ann`) checkpoint without its
+    optimizer state (a third of the size): weights, configuration, data fingerprint, per-epoch
+    history and provenance, which `load_model` reads, plus the fields in `extra`."""
     _expect("checkpoint", checkpoint, (str, os.PathLike), expected="a checkpoint file path")
     _expect("path", path, (str, os.PathLike), expected="a file path for the weights")
     state = load_checkpoint(checkpoint)
@@ -1021,7 +1021,7 @@ def export_weights(checkpoint, path):
         raise FileNotFoundError(f"no checkpoint at {checkpoint}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_save({k: v for k, v in state.items() if k != "optimizer"}, path)
+    _atomic_save({**{k: v for k, v in state.items() if k != "optimizer"}, **extra}, path)
 
 
 def _keyword_defaults(fn):

@@ -43,11 +43,7 @@ def train_one(name, args, stop_at):
     epochs = recipe.get("epochs", mc.ANN_RECIPE["epochs"])
     print(f"{name}: {len(history)} of {epochs} epochs, test accuracy {accuracy:.2f} %", flush=True)
     if len(history) == epochs:
-        state = mt.load_checkpoint(checkpoint)
-        state.pop("optimizer")
-        state["device_setup"] = mt.device_setup(device)
-        args.weights.mkdir(parents=True, exist_ok=True)
-        mt._atomic_save(state, args.weights / f"cifar10_{name}.pt")
+        mt.export_weights(checkpoint, args.weights / f"cifar10_{name}.pt", device_setup=mt.device_setup(device))
         print(f"{name}: weights written to {args.weights / f'cifar10_{name}.pt'}", flush=True)
     return len(history) == epochs
 
@@ -72,9 +68,8 @@ def main(argv=None):
     for n in set(args.nets) - set(todo):
         print(f"{n}: weights already stored in {args.weights}, not retrained")
     parallel = args.parallel if args.parallel is not None else mt.pick_device(args.device).startswith("cuda")
-    if len(todo) > 1 and parallel:
-        # one process per network, logs in --runs; the parent waits for all
-        args.runs.mkdir(parents=True, exist_ok=True)
+    args.runs.mkdir(parents=True, exist_ok=True)
+    if len(todo) > 1 and parallel:  # one process per network, logs in --runs; the parent waits for all
         options = dict(device=args.device, runs=args.runs, weights=args.weights, epochs=args.epochs,
                        subset=args.subset, threads=args.threads, budget=args.budget and stop_at - time.time())
         rest = [a for k, v in options.items() if v for a in (f"--{k}", str(v))]
@@ -86,7 +81,6 @@ def main(argv=None):
             print((args.runs / f"cifar10_{n}.log").read_text().splitlines()[-1] if codes[n] == 0 else
                   f"{n}: failed (exit {codes[n]}), see {args.runs / f'cifar10_{n}.log'}")
         return 0 if all(c == 0 for c in codes.values()) else 1
-    args.runs.mkdir(parents=True, exist_ok=True)
     done = [train_one(n, args, stop_at) for n in todo]
     return 0 if all(done) or stop_at else 1
 
