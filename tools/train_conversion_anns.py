@@ -1,14 +1,16 @@
 """Train the CIFAR-10 ANNs that notebook 51 converts, checkpointed, and store their weights.
 
-    python tools/train_conversion_anns.py [--nets resnet20 vgg7] [--device auto] [--budget SECONDS]
+    python tools/train_conversion_anns.py [--nets resnet20 vgg7] [--recipe standard] [--device auto]
+                                          [--budget SECONDS]
 
-Recipe: `mtsnn_convert.ANN_RECIPE` (SGD with Nesterov momentum 0.9, lr 0.1 on a cosine to 0 over
-100 epochs, weight decay 5e-4, batch 128, random crops and flips, seed 0) on all 50,000 training
-images. Every epoch is checkpointed in `--runs` (the same command resumes a stopped run); a
-finished run's weights, without the optimizer state, go to `--weights`/cifar10_<net>.pt with the
+Recipes: `mtsnn_convert.ANN_RECIPES`. "standard" (what notebook 51 converts): SGD with Nesterov
+momentum 0.9, lr 0.1 on a cosine to 0 over 100 epochs, weight decay 5e-4, batch 128, random crops
+and flips, seed 0, on all 50,000 training images; "long_cutout": 200 epochs, 8x8 cutout, bfloat16
+autocast. Every epoch is checkpointed in `--runs` (the same command resumes a stopped run); a
+finished run's weights, without the optimizer state, go to `--weights`/`mc.ann_weights_file` with the
 per-epoch history, the provenance and the device they were trained on. On a GPU the networks train
 at the same time, one process each (a small network leaves most of the card idle); on a CPU one
-after the other (ResNet-20: about 1.8 min per epoch on 2 threads). `--budget`: stop, resumably,
+after the other (ResNet-20 on 2 threads: about 1.8 min per epoch, 1.2 with bfloat16). `--budget`: stop, resumably,
 before an epoch that would end after that many seconds. `--subset`/`--epochs` make a tiny run (the
 test's).
 """
@@ -36,21 +38,22 @@ def train_one(name, args, stop_at):
         mt.configure_cuda()
     train = mt.load_dataset("cifar10", True, device=device, subset=args.subset)
     test = mt.load_dataset("cifar10", False, device=device, subset=args.subset)
-    recipe = {"epochs": args.epochs} if args.epochs else {}
-    checkpoint = args.runs / f"cifar10_{name}.pt"
-    net, accuracy, history = mc.train_cifar10_ann(name, train, test, checkpoint=checkpoint, progress=True,
-                                                  stop_at=stop_at, **recipe)
-    epochs = recipe.get("epochs", mc.ANN_RECIPE["epochs"])
+    overrides = {"epochs": args.epochs} if args.epochs else {}
+    file = mc.ann_weights_file(name, args.recipe)
+    net, accuracy, history = mc.train_cifar10_ann(name, train, test, checkpoint=args.runs / file, progress=True,
+                                                  stop_at=stop_at, recipe=args.recipe, **overrides)
+    epochs = overrides.get("epochs", mc.ANN_RECIPES[args.recipe]["epochs"])
     print(f"{name}: {len(history)} of {epochs} epochs, test accuracy {accuracy:.2f} %", flush=True)
     if len(history) == epochs:
-        mt.export_weights(checkpoint, args.weights / f"cifar10_{name}.pt", device_setup=mt.device_setup(device))
-        print(f"{name}: weights written to {args.weights / f'cifar10_{name}.pt'}", flush=True)
+        mt.export_weights(args.runs / file, args.weights / file, device_setup=mt.device_setup(device))
+        print(f"{name}: weights written to {args.weights / file}", flush=True)
     return len(history) == epochs
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--nets", nargs="+", default=list(mc.CIFAR10_ANNS), choices=list(mc.CIFAR10_ANNS))
+    parser.add_argument("--recipe", default="standard", choices=list(mc.ANN_RECIPES))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--budget", type=float, default=None, help="seconds")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs")
@@ -64,22 +67,24 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     stop_at = time.time() + args.budget if args.budget else None
-    todo = [n for n in args.nets if not (args.weights / f"cifar10_{n}.pt").exists()]
+    todo = [n for n in args.nets if not (args.weights / mc.ann_weights_file(n, args.recipe)).exists()]
     for n in set(args.nets) - set(todo):
         print(f"{n}: weights already stored in {args.weights}, not retrained")
     parallel = args.parallel if args.parallel is not None else mt.pick_device(args.device).startswith("cuda")
     args.runs.mkdir(parents=True, exist_ok=True)
     if len(todo) > 1 and parallel:  # one process per network, logs in --runs; the parent waits for all
-        options = dict(device=args.device, runs=args.runs, weights=args.weights, epochs=args.epochs,
-                       subset=args.subset, threads=args.threads, budget=args.budget and stop_at - time.time())
+        options = dict(recipe=args.recipe, device=args.device, runs=args.runs, weights=args.weights,
+                       epochs=args.epochs, subset=args.subset, threads=args.threads,
+                       budget=args.budget and stop_at - time.time())
+        logs = {n: args.runs / mc.ann_weights_file(n, args.recipe).replace(".pt", ".log") for n in todo}
         rest = [a for k, v in options.items() if v for a in (f"--{k}", str(v))]
         procs = {n: subprocess.Popen([sys.executable, __file__, "--nets", n, *rest],
-                                     stdout=open(args.runs / f"cifar10_{n}.log", "a"), stderr=subprocess.STDOUT)
+                                     stdout=open(logs[n], "a"), stderr=subprocess.STDOUT)
                  for n in todo}
         codes = {n: p.wait() for n, p in procs.items()}
         for n in todo:
-            print((args.runs / f"cifar10_{n}.log").read_text().splitlines()[-1] if codes[n] == 0 else
-                  f"{n}: failed (exit {codes[n]}), see {args.runs / f'cifar10_{n}.log'}")
+            print(logs[n].read_text().splitlines()[-1] if codes[n] == 0 else
+                  f"{n}: failed (exit {codes[n]}), see {logs[n]}")
         return 0 if all(c == 0 for c in codes.values()) else 1
     done = [train_one(n, args, stop_at) for n in todo]
     return 0 if all(done) or stop_at else 1
