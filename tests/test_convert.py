@@ -237,14 +237,34 @@ def test_paired_se_is_the_standard_error_of_the_per_image_difference():
 
 
 @needs_mnist
-def test_train_ann_stops_before_an_epoch_that_would_overrun_and_resumes(tmp_path):
+@pytest.mark.parametrize("extra", [{}, {"cutout_size": 6, "bf16": True}])
+def test_train_ann_stops_before_an_epoch_that_would_overrun_and_resumes(tmp_path, extra):
+    """Also with cutout and bfloat16: the cutout centres are drawn per epoch, so a resumed run is
+    the same run."""
     data = (mt.load_dataset("mnist", True, subset=256), mt.load_dataset("mnist", False, subset=128))
-    whole, _, _ = mc.train_ann("784-32-10", *data, epochs=3)
+    whole, _, _ = mc.train_ann("784-32-10", *data, epochs=3, **extra)
     ckpt = tmp_path / "ann.pt"
-    _, _, hist = mc.train_ann("784-32-10", *data, epochs=3, checkpoint=ckpt, stop_at=0.0)
+    _, _, hist = mc.train_ann("784-32-10", *data, epochs=3, checkpoint=ckpt, stop_at=0.0, **extra)
     assert len(hist) == 1  # the first epoch always runs; the second would end after stop_at
-    resumed, _, hist = mc.train_ann("784-32-10", *data, epochs=3, checkpoint=ckpt)
+    resumed, _, hist = mc.train_ann("784-32-10", *data, epochs=3, checkpoint=ckpt, **extra)
     assert len(hist) == 3 and all(torch.equal(a, b) for a, b in zip(whole.parameters(), resumed.parameters()))
+    assert {k: mt.load_checkpoint(ckpt)["config"].get(k) for k in extra} == extra
+    if extra:  # a different run from the plain recipe's
+        plain, _, _ = mc.train_ann("784-32-10", *data, epochs=3)
+        assert not torch.equal(next(plain.parameters()), next(whole.parameters()))
+
+
+def test_cutout_zeroes_one_clipped_square_per_image():
+    x = torch.ones(64, 3, 32, 32)
+    out = mc.cutout(x, 8, torch.Generator().manual_seed(0))
+    assert torch.equal(out, mc.cutout(x, 8, torch.Generator().manual_seed(0)))
+    cut = out[:, 0] == 0
+    assert torch.equal(cut[:, None].expand_as(out), out == 0)  # the same square in every channel
+    rows, cols = cut.any(2), cut.any(1)
+    for r, c, n in zip(rows, cols, cut.sum((1, 2))):
+        assert r.sum() * c.sum() == n and 1 <= r.sum() <= 8 and 1 <= c.sum() <= 8  # one rectangle
+        assert (r.sum() == 8 or r[0] or r[-1]) and (c.sum() == 8 or c[0] or c[-1])  # smaller only at a border
+    assert (cut.sum((1, 2)) == 64).float().mean() > 0.3
 
 
 needs_cifar10 = pytest.mark.skipif(not ((DATA / "cifar-10-jpeg75").exists() or (DATA / "cifar-10-batches-py").exists()),
@@ -268,3 +288,7 @@ def test_train_conversion_anns_stores_weights_that_load(tmp_path):
     assert again.returncode == 0 and again.stdout.count("not retrained") == 2, again.stdout + again.stderr
     with pytest.raises(FileNotFoundError, match="train_conversion_anns.py"):
         mc.load_cifar10_ann("resnet20", tmp_path / "nothing")
+    other = subprocess.run(cmd + ["--nets", "resnet20", "--recipe", "long_cutout"], capture_output=True, text=True)
+    assert other.returncode == 0 and "not retrained" not in other.stdout, other.stdout + other.stderr
+    _, state = mc.load_cifar10_ann("resnet20", tmp_path / "w", recipe="long_cutout")
+    assert state["config"]["cutout_size"] == 8 and state["config"]["bf16"] is True
