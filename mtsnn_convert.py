@@ -73,8 +73,9 @@ def cutout(x, size, generator):
 class _TrainingForward(nn.Module):
     """What `train_ann` hands `mt.train_epoch`: the network behind cutout (`generator` is set per
     epoch) and, with `bf16`, bfloat16 autocast with channels-last inputs (the layout oneDNN's
-    bf16 convolutions and the CPU's matrix units are fast with; 1.6x per ResNet-20 step on this
-    project's CPU). Accuracy is always measured on the plain float32 network."""
+    bf16 convolutions and the CPU's matrix units are fast with: a ResNet-20 step of 128 images on
+    this project's 2 threads took 160 ms against 400 in float32). Accuracy is always measured on
+    the plain float32 network."""
 
     def __init__(self, net, cutout_size, bf16):
         super().__init__()
