@@ -156,7 +156,8 @@ def test_ablation_settings_and_comparisons():
         quick, full = tb.ablation_settings(stem, "quick"), tb.ablation_settings(stem, "full")
         assert quick["seeds"] == full["seeds"] == [0, 1, 2] and quick["dataset"] == "cifar10"
         assert full["spec"] == mt.PAPER_NETWORKS["Table 6"][1] and full["lr"] == 0.0005 and full["subset"] is None
-        assert quick["spec"] == a.quick_spec and {**quick["fixed"], a.key: None}.keys() == {**mt.TABLE1}.keys()
+        assert (quick["spec"], quick["lr"]) == (tb.QUICK_ABLATION_SPEC, tb.QUICK_ABLATION_LR)
+        assert {**quick["fixed"], a.key: None}.keys() == {**mt.TABLE1}.keys()
     assert tb.ablation_settings("42_s_max", "quick")["fixed"]["T"] == 1
     frame = pd.DataFrame(dict(k=["a"] * 3 + ["b"] * 3, test=[10.0, 11.0, 12.0, 20.0, 20.0, 20.0]))
     c = tb.compare_points(frame, "k", "b", "a")
@@ -164,6 +165,17 @@ def test_ablation_settings_and_comparisons():
     assert c["clear"] and not tb.compare_points(frame.assign(test=[10, 11, 12, 11, 12, 10.0]), "k", "b", "a")["clear"]
     with pytest.raises(ValueError, match="stem must be one of"):
         tb.ablation_settings("44_reset_gradient", "quick")
+
+
+def test_stored_ablations_learned():
+    """Every stored ablation point trained at its budget: each seed more than 5 points above chance,
+    the ReLU twin's accuracy beside it (and itself well above chance), a quick run within 10 minutes."""
+    for stem in tb.ABLATIONS:
+        doc = json.loads((tb.STORED_DIR / f"{stem}.json").read_text())
+        assert doc["profile"] != "quick" or doc["runtime_s"] <= 600, f"{stem}: the quick profile must fit 10 minutes"
+        for row in doc["rows"]:
+            assert min(row["accuracy"]) > tb.CHANCE + 5, f"{stem} {row['name']}: {row['accuracy']}"
+            assert row["relu_twin_accuracy"] > tb.CHANCE + 20, stem
 
 
 def test_readme_gpu_tables_are_the_json():
