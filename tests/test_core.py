@@ -8,6 +8,7 @@ Run: MTSNN_DATA=/path/to/data .venv/bin/python -m pytest tests/test_core.py
 import math
 import os
 import shutil
+import signal
 import warnings
 
 import numpy as np
@@ -965,7 +966,13 @@ def test_sweep_through_submitit_matches_pool_and_resumes_a_killed_job(tmp_path):
     executor = mt.make_executor("submitit-local", folder=tmp_path / "jobs2")
     job = dict(common, **configs[0], subset=2048, epochs=8, progress=False, checkpoint=str(tmp_path / "run.pt"),
                resume=True)  # epochs enough that the cancel lands mid-run even on a loaded machine
-    running = executor.submit(mt._SweepJob(), job)
+    # cancel() sends SIGINT; a shell's background job (`make test &`) runs with SIGINT ignored, which a
+    # job started from here would inherit and so run on: start it with the default disposition
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        running = executor.submit(mt._SweepJob(), job)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.time() + 300
     while not os.path.exists(job["checkpoint"]) and time.time() < deadline:
         time.sleep(0.1)
