@@ -4,6 +4,7 @@ Expected values are written out by hand (a NumPy IF neuron, delays, phase window
 end-to-end check trains a tiny network on 2000 MNIST images (skipped without $MTSNN_DATA).
 Run: MTSNN_DATA=/path/to/data .venv/bin/python -m pytest tests/test_convert.py
 """
+import copy
 import math
 import os
 import subprocess
@@ -254,6 +255,40 @@ def test_train_ann_stops_before_an_epoch_that_would_overrun_and_resumes(tmp_path
         assert not torch.equal(next(plain.parameters()), next(whole.parameters()))
 
 
+@needs_mnist
+def test_distillation_starts_from_init_follows_the_teacher_and_resumes(tmp_path):
+    """`init` is where training starts (lr 0 keeps it); with distill_weight 1 the labels do not
+    matter and the network comes to agree with its teacher; a distilled run resumes to the same
+    network and refuses another teacher's checkpoint."""
+    train, test = mt.load_dataset("mnist", True, subset=2000), mt.load_dataset("mnist", False, subset=256)
+    teacher, _, _ = mc.train_ann("784-32-10", train, test, epochs=3, seed=1)
+    weak, _, _ = mc.train_ann("784-32-10", train, test, epochs=1, seed=2, lr=1e-4)
+    ensemble = mc.Ensemble([teacher, weak])
+    x = test.x[:16]
+    assert torch.allclose(ensemble(x)[0].exp(), (teacher(x, 1)[0].softmax(1) + weak(x, 1)[0].softmax(1)) / 2)
+    kept, _, _ = mc.train_ann("784-32-10", train, test, epochs=1, lr=0.0, init=teacher)
+    assert all(torch.equal(a, b) for a, b in zip(kept.parameters(), teacher.parameters()))
+
+    def agreement(net):
+        return (net(test.x, 1)[0].argmax(1) == ensemble(test.x)[0].argmax(1)).float().mean().item()
+
+    run = dict(epochs=2, lr=3e-3, teacher=ensemble, distill_weight=1.0, init=weak)
+    pure, acc, _ = mc.train_ann("784-32-10", train, test, **run)
+    assert agreement(pure) > agreement(weak) + 0.3 and acc > 50  # measured: 0.37 -> 0.85, 72 %
+    wrong = copy.copy(train)
+    wrong.y = (train.y + 1) % 10
+    relabelled, _, _ = mc.train_ann("784-32-10", wrong, test, **run)
+    assert all(torch.equal(a, b) for a, b in zip(pure.parameters(), relabelled.parameters()))
+    mixed, _, _ = mc.train_ann("784-32-10", train, test, **dict(run, distill_weight=0.5))
+    assert not torch.equal(next(mixed.parameters()), next(pure.parameters()))
+    ckpt = tmp_path / "distilled.pt"
+    mc.train_ann("784-32-10", train, test, checkpoint=ckpt, stop_at=0.0, **run)
+    resumed, _, hist = mc.train_ann("784-32-10", train, test, checkpoint=ckpt, **run)
+    assert len(hist) == 2 and all(torch.equal(a, b) for a, b in zip(pure.parameters(), resumed.parameters()))
+    with pytest.raises(ValueError, match="another ANN run"):
+        mc.train_ann("784-32-10", train, test, checkpoint=ckpt, **dict(run, teacher=teacher))
+
+
 def test_cutout_zeroes_one_clipped_square_per_image():
     x = torch.ones(64, 3, 32, 32)
     out = mc.cutout(x, 8, torch.Generator().manual_seed(0))
@@ -274,7 +309,8 @@ needs_cifar10 = pytest.mark.skipif(not ((DATA / "cifar-10-jpeg75").exists() or (
 @needs_cifar10
 def test_train_conversion_anns_stores_weights_that_load(tmp_path):
     """tools/train_conversion_anns.py on 64 images for one epoch, one process per network: both
-    weights files are written and load with load_cifar10_ann; a second call retrains nothing."""
+    weights files are written and load with load_cifar10_ann; a second call retrains nothing; the
+    other recipes, "distilled" from the weights the earlier calls stored."""
     root = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, str(root / "tools" / "train_conversion_anns.py"), "--subset", "64", "--epochs", "1",
            "--runs", str(tmp_path / "runs"), "--weights", str(tmp_path / "w"), "--parallel", "--threads", "1"]
@@ -292,3 +328,7 @@ def test_train_conversion_anns_stores_weights_that_load(tmp_path):
     assert other.returncode == 0 and "not retrained" not in other.stdout, other.stdout + other.stderr
     _, state = mc.load_cifar10_ann("resnet20", tmp_path / "w", recipe="long_cutout")
     assert state["config"]["cutout_size"] == 8 and state["config"]["bf16"] is True
+    distilled = subprocess.run(cmd + ["--nets", "resnet20", "--recipe", "distilled"], capture_output=True, text=True)
+    assert distilled.returncode == 0, distilled.stdout + distilled.stderr
+    _, state = mc.load_cifar10_ann("resnet20", tmp_path / "w", recipe="distilled")
+    assert state["config"]["init"] and state["config"]["distill"]["temperature"] == 4.0

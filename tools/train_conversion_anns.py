@@ -6,13 +6,15 @@
 Recipes: `mtsnn_convert.ANN_RECIPES`. "standard" (what notebook 51 converts): SGD with Nesterov
 momentum 0.9, lr 0.1 on a cosine to 0 over 100 epochs, weight decay 5e-4, batch 128, random crops
 and flips, seed 0, on all 50,000 training images; "long_cutout": 200 epochs, 8x8 cutout, bfloat16
-autocast. Every epoch is checkpointed in `--runs` (the same command resumes a stopped run); a
-finished run's weights, without the optimizer state, go to `--weights`/`mc.ann_weights_file` with the
-per-epoch history, the provenance and the device they were trained on. On a GPU the networks train
-at the same time, one process each (a small network leaves most of the card idle); on a CPU one
-after the other (ResNet-20 on 2 threads: about 1.8 min per epoch, ~1.3 with bfloat16). `--budget`:
-stop, resumably, before an epoch that would end after that many seconds. `--subset`/`--epochs` make
-a tiny run (the test's).
+autocast; "distilled": 20 epochs fine-tuning long_cutout's ResNet-20 (lr 0.01 on a new cosine) with
+knowledge distillation from the ensemble of the stored networks (they must be in `--weights`). Every
+epoch is checkpointed in `--runs` (the same command resumes a stopped run); a finished run's
+weights, without the optimizer state, go to `--weights`/`mc.ann_weights_file` with the per-epoch
+history, the provenance and the device they were trained on. On a GPU the networks train at the same
+time, one process each (a small network leaves most of the card idle); on a CPU one after the other
+(ResNet-20 on 2 threads: about 1.8 min per epoch, ~1.3 with bfloat16). `--budget`: stop, resumably,
+before an epoch that would end after that many seconds. `--subset`/`--epochs` make a tiny run (the
+test's).
 """
 from __future__ import annotations
 
@@ -41,7 +43,8 @@ def train_one(name, args, stop_at):
     overrides = {"epochs": args.epochs} if args.epochs else {}
     file = mc.ann_weights_file(name, args.recipe)
     net, accuracy, history = mc.train_cifar10_ann(name, train, test, checkpoint=args.runs / file, progress=True,
-                                                  stop_at=stop_at, recipe=args.recipe, **overrides)
+                                                  weights_dir=args.weights, stop_at=stop_at, recipe=args.recipe,
+                                                  **overrides)
     epochs = overrides.get("epochs", mc.ANN_RECIPES[args.recipe]["epochs"])
     print(f"{name}: {len(history)} of {epochs} epochs, test accuracy {accuracy:.2f} %", flush=True)
     if len(history) == epochs:
