@@ -155,7 +155,7 @@ def train_ann(spec, train_ds, test_ds, epochs=2, lr=1e-3, seed=0, batch_size=128
         config["init"] = _digest(init)
     if teacher is not None:
         config["distill"] = dict(teacher=_digest(teacher), temperature=distill_temperature, weight=distill_weight)
-        teacher.eval().requires_grad_(False)
+        teacher.eval()  # batch norm on its running statistics; no gradients: it runs under no_grad
     state = mt.load_checkpoint(checkpoint) if checkpoint else None
     if state is not None:
         if state["config"] != config:
