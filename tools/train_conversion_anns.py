@@ -7,7 +7,8 @@ Recipes: `mtsnn_convert.ANN_RECIPES`. "standard" (what notebook 51 converts): SG
 momentum 0.9, lr 0.1 on a cosine to 0 over 100 epochs, weight decay 5e-4, batch 128, random crops
 and flips, seed 0, on all 50,000 training images; "long_cutout": 200 epochs, 8x8 cutout, bfloat16
 autocast; "distilled": 20 epochs fine-tuning long_cutout's ResNet-20 (lr 0.01 on a new cosine) with
-knowledge distillation from the ensemble of the stored networks (they must be in `--weights`). Every
+knowledge distillation from the ensemble of the stored networks (they must be in `--weights`);
+"distilled_twice": the same again, from distilled's ResNet-20. Every
 epoch is checkpointed in `--runs` (the same command resumes a stopped run); a finished run's
 weights, without the optimizer state, go to `--weights`/`mc.ann_weights_file` with the per-epoch
 history, the provenance and the device they were trained on. On a GPU the networks train at the same
