@@ -89,12 +89,19 @@ class _TrainingForward(nn.Module):
     epoch) and, with `bf16`, bfloat16 autocast with channels-last inputs (the layout oneDNN's
     bf16 convolutions and the CPU's matrix units are fast with: a ResNet-20 step of 128 images on
     this project's 2 threads took 160 ms against 400 in float32). With a `teacher` the output is
-    [2, B, classes]: the network's logits, then the teacher's on the same augmented images.
-    Accuracy is always measured on the plain float32 network."""
+    [2, B, classes]: the network's logits, then the teacher's on the same augmented images; the
+    teacher stays in eval mode (batch norm on its running statistics) when `train_epoch` sets the
+    rest to train mode. Accuracy is always measured on the plain float32 network."""
 
     def __init__(self, net, cutout_size, bf16, teacher=None):
         super().__init__()
         self.net, self.cutout_size, self.bf16, self.teacher, self.generator = net, cutout_size, bf16, teacher, None
+
+    def train(self, mode=True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
 
     def forward(self, x, T=1):
         if self.cutout_size:
@@ -155,7 +162,7 @@ def train_ann(spec, train_ds, test_ds, epochs=2, lr=1e-3, seed=0, batch_size=128
         config["init"] = _digest(init)
     if teacher is not None:
         config["distill"] = dict(teacher=_digest(teacher), temperature=distill_temperature, weight=distill_weight)
-        teacher.eval()  # batch norm on its running statistics; no gradients: it runs under no_grad
+        teacher.eval()  # batch norm on its running statistics (kept by _TrainingForward); under no_grad
     state = mt.load_checkpoint(checkpoint) if checkpoint else None
     if state is not None:
         if state["config"] != config:

@@ -289,6 +289,22 @@ def test_distillation_starts_from_init_follows_the_teacher_and_resumes(tmp_path)
         mc.train_ann("784-32-10", train, test, checkpoint=ckpt, **dict(run, teacher=teacher))
 
 
+@needs_mnist
+def test_the_distillation_teacher_predicts_with_its_running_statistics():
+    """Training puts the student in train mode, never the teacher: its batch norms neither use
+    the batch's statistics nor update their running ones."""
+    train, test = mt.load_dataset("mnist", True, subset=256), mt.load_dataset("mnist", False, subset=64)
+    torch.manual_seed(0)
+    teacher = mc.VGG(1, (4, 8), 1).eval()
+    before = copy.deepcopy(teacher.state_dict())
+    forward = mc._TrainingForward(mc.VGG(1, (4, 8), 1), 0, False, teacher).train()
+    assert forward.net.training and not teacher.training
+    x = test.x[:16]
+    assert torch.equal(forward(x)[1], teacher(x, 1)[0])
+    mc.train_ann(mc.VGG(1, (4, 8), 1), train, test, epochs=1, teacher=teacher)
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+
+
 def test_cutout_zeroes_one_clipped_square_per_image():
     x = torch.ones(64, 3, 32, 32)
     out = mc.cutout(x, 8, torch.Generator().manual_seed(0))
