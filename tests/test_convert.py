@@ -305,6 +305,50 @@ def test_the_distillation_teacher_predicts_with_its_running_statistics():
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
 
 
+@needs_mnist
+def test_weight_averaging_averages_the_epochs_and_recomputes_batch_norm(tmp_path):
+    """With `average`, the network returned is the mean of the weights after each epoch of the
+    same (constant learning rate) run, with batch-norm statistics recomputed for it; the iterate
+    is checkpointed beside it, so a stopped run resumes to the same average."""
+    train, test = mt.load_dataset("mnist", True, subset=256), mt.load_dataset("mnist", False, subset=64)
+
+    def vgg():
+        torch.manual_seed(0)
+        return mc.VGG(1, (4, 8), 1)
+
+    ckpt = tmp_path / "plain.pt"
+    first = [p.clone() for p in mc.train_ann(vgg(), train, test, epochs=1, lr=3e-3, checkpoint=ckpt)[0].parameters()]
+    second = mc.train_ann(vgg(), train, test, epochs=2, lr=3e-3, checkpoint=ckpt)[0]
+    run = dict(epochs=2, lr=3e-3, average=True, cosine_epochs=2)  # the cosine is ignored when averaging
+    mean, acc, hist = mc.train_ann(vgg(), train, test, **run)
+    for a, p1, p2 in zip(mean.parameters(), first, second.parameters()):
+        assert torch.allclose(a, (p1 + p2) / 2, atol=1e-6)
+    assert acc == hist[-1]["test_accuracy"] == mc.ann_accuracy(mean, test) and "iterate_accuracy" in hist[-1]
+    stats = copy.deepcopy(mean)
+    mc.recompute_batch_norm(stats, train)
+    assert all(torch.equal(a, b) for a, b in zip(stats.state_dict().values(), mean.state_dict().values()))
+    ckpt = tmp_path / "mean.pt"
+    mc.train_ann(vgg(), train, test, checkpoint=ckpt, stop_at=0.0, **run)
+    resumed, _, hist = mc.train_ann(vgg(), train, test, checkpoint=ckpt, **run)
+    assert len(hist) == 2 and all(torch.equal(a, b) for a, b in zip(mean.state_dict().values(),
+                                                                      resumed.state_dict().values()))
+    state = mt.load_checkpoint(ckpt)
+    assert all(torch.equal(a, b) for a, b in zip(state["iterate"].values(), second.state_dict().values()))
+
+
+def test_recompute_batch_norm_sets_the_statistics_of_the_layer_inputs():
+    torch.manual_seed(0)
+    net = mc.VGG(1, (4,), 1)
+    data = _Images(torch.randn(1000, 1, 8, 8) * 3 + 1, torch.zeros(1000, dtype=torch.long))
+    mc.recompute_batch_norm(net, data, images=1000)
+    conv, bn = net.features[0][0], net.features[0][1]
+    with torch.no_grad():
+        h = conv(data.x).transpose(0, 1).flatten(1)
+    assert not net.training and bn.momentum == 0.1
+    assert torch.allclose(bn.running_mean, h.mean(1), atol=1e-5)
+    assert torch.allclose(bn.running_var, h.var(1), rtol=1e-2)
+
+
 def test_cutout_zeroes_one_clipped_square_per_image():
     x = torch.ones(64, 3, 32, 32)
     out = mc.cutout(x, 8, torch.Generator().manual_seed(0))
@@ -326,7 +370,7 @@ needs_cifar10 = pytest.mark.skipif(not ((DATA / "cifar-10-jpeg75").exists() or (
 def test_train_conversion_anns_stores_weights_that_load(tmp_path):
     """tools/train_conversion_anns.py on 64 images for one epoch, one process per network: both
     weights files are written and load with load_cifar10_ann; a second call retrains nothing; the
-    other recipes, "distilled" from the weights the earlier calls stored."""
+    other recipes, "distilled" and "distilled_swa" from the weights the earlier calls stored."""
     root = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, str(root / "tools" / "train_conversion_anns.py"), "--subset", "64", "--epochs", "1",
            "--runs", str(tmp_path / "runs"), "--weights", str(tmp_path / "w"), "--parallel", "--threads", "1"]
@@ -348,3 +392,7 @@ def test_train_conversion_anns_stores_weights_that_load(tmp_path):
     assert distilled.returncode == 0, distilled.stdout + distilled.stderr
     _, state = mc.load_cifar10_ann("resnet20", tmp_path / "w", recipe="distilled")
     assert state["config"]["init"] and state["config"]["distill"]["temperature"] == 4.0
+    averaged = subprocess.run(cmd + ["--nets", "resnet20", "--recipe", "distilled_swa"], capture_output=True, text=True)
+    assert averaged.returncode == 0, averaged.stdout + averaged.stderr
+    _, state = mc.load_cifar10_ann("resnet20", tmp_path / "w", recipe="distilled_swa")
+    assert state["config"]["average"] and "cosine_epochs" not in state["config"] and "iterate" in state

@@ -8,10 +8,11 @@ momentum 0.9, lr 0.1 on a cosine to 0 over 100 epochs, weight decay 5e-4, batch 
 and flips, seed 0, on all 50,000 training images; "long_cutout": 200 epochs, 8x8 cutout, bfloat16
 autocast; "distilled": 20 epochs fine-tuning long_cutout's ResNet-20 (lr 0.01 on a new cosine) with
 knowledge distillation from the ensemble of the stored networks (they must be in `--weights`);
-"distilled_twice": the same again, from distilled's ResNet-20. Every
-epoch is checkpointed in `--runs` (the same command resumes a stopped run); a finished run's
-weights, without the optimizer state, go to `--weights`/`mc.ann_weights_file` with the per-epoch
-history, the provenance and the device they were trained on. On a GPU the networks train at the same
+"distilled_swa": from distilled's ResNet-20, the same teachers for 20 epochs at a constant lr 0.01,
+the weights of those epochs averaged (`train_ann`'s `average`). Every epoch is checkpointed in
+`--runs` (the same command resumes a stopped run); a finished run's weights, without the optimizer
+state, go to `--weights`/`mc.ann_weights_file` with the per-epoch history, the provenance and the
+device they were trained on. On a GPU the networks train at the same
 time, one process each (a small network leaves most of the card idle); on a CPU one after the other
 (ResNet-20 on 2 threads: about 1.8 min per epoch, ~1.3 with bfloat16). `--budget`: stop, resumably,
 before an epoch that would end after that many seconds. `--subset`/`--epochs` make a tiny run (the
