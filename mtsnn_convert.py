@@ -146,8 +146,9 @@ def train_ann(spec, train_ds, test_ds, epochs=2, lr=1e-3, seed=0, batch_size=128
     configuration and data. `average`: stochastic weight averaging (Izmailov et al. 2018): the
     learning rate stays at `lr` (`cosine_epochs` is ignored), the network after every epoch joins an
     equal-weight average of the epochs so far, whose batch-norm statistics `recompute_batch_norm`
-    sets; that average is what is tested, checkpointed as "model" and returned (the network being
-    trained is checkpointed as "iterate", its test accuracy in the history as "iterate_accuracy").
+    sets from the first 10,000 training images, augmented as in training; that average is what is
+    tested, checkpointed as "model" and returned (the network being trained is checkpointed as
+    "iterate", its test accuracy in the history as "iterate_accuracy").
     `stop_at` (a `time.time()` value): no epoch is started that would end after it, judged by the
     last epoch's duration (a budgeted run stops early; the same call resumes it). Returns (model
     in eval mode, test accuracy % after the last epoch trained, history of per-epoch rows: fewer
@@ -213,7 +214,10 @@ def train_ann(spec, train_ds, test_ds, epochs=2, lr=1e-3, seed=0, batch_size=128
             with torch.no_grad():
                 for a, p in zip(mean.parameters(), net.parameters()):
                     a += (p - a) / (epoch + 1)
-            recompute_batch_norm(mean, train_ds)
+            g = torch.Generator().manual_seed(2 * 10 ** 9 + seed * 1_000_003 + epoch)
+            x = train_ds.x[:10_000]
+            x = train_ds.augment(x, train_ds.draw_augmentation([len(x)], g)) if augment else x
+            recompute_batch_norm(mean, cutout(x, cutout_size, g) if cutout_size else x)
             row["iterate_accuracy"] = ann_accuracy(net, test_ds)
         tested = mean if average else net
         history.append(dict(row, test_accuracy=ann_accuracy(tested, test_ds), seconds=time.time() - t0))
@@ -228,18 +232,20 @@ def train_ann(spec, train_ds, test_ds, epochs=2, lr=1e-3, seed=0, batch_size=128
     return net.to(memory_format=torch.contiguous_format).eval(), history[-1]["test_accuracy"], history
 
 
-def recompute_batch_norm(net, data, images=10_000, batch_size=500):
+def recompute_batch_norm(net, x, batch_size=500):
     """Set the running statistics of `net`'s batch norms to the mean and variance of their inputs,
-    averaged over batches of the first `images` (unaugmented) images of `data`: an average of
-    weights has activations whose statistics none of the averaged networks tracked."""
+    averaged over batches of the images `x`: an average of weights has activations whose statistics
+    none of the averaged networks tracked. `x` should be what training sees: with the statistics of
+    unaugmented images instead, distilled's ResNet-20 drops from 89.94 to 86.64 % (89.80 % with
+    10,000 augmented ones)."""
     norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # a cumulative average over the batches
     net.train()
     with torch.no_grad():
-        for i in range(0, min(images, len(data)), batch_size):
-            net(data.x[i:min(i + batch_size, images)], 1)
+        for i in range(0, len(x), batch_size):
+            net(x[i:i + batch_size], 1)
     for m in norms:
         m.momentum = 0.1
     net.eval()
