@@ -238,7 +238,7 @@ def recompute_batch_norm(net, x, batch_size=500):
     none of the averaged networks tracked. `x` should be what training sees: with the statistics of
     unaugmented images instead, distilled's ResNet-20 drops from 89.94 to 86.64 % (89.80 % with
     10,000 augmented ones)."""
-    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = {m: m.momentum for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # a cumulative average over the batches
@@ -246,8 +246,8 @@ def recompute_batch_norm(net, x, batch_size=500):
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
             net(x[i:i + batch_size], 1)
-    for m in norms:
-        m.momentum = 0.1
+    for m, momentum in norms.items():
+        m.momentum = momentum
     net.eval()
 
 

@@ -12,11 +12,10 @@ knowledge distillation from the ensemble of the stored networks (they must be in
 the weights of those epochs averaged (`train_ann`'s `average`). Every epoch is checkpointed in
 `--runs` (the same command resumes a stopped run); a finished run's weights, without the optimizer
 state, go to `--weights`/`mc.ann_weights_file` with the per-epoch history, the provenance and the
-device they were trained on. On a GPU the networks train at the same
-time, one process each (a small network leaves most of the card idle); on a CPU one after the other
-(ResNet-20 on 2 threads: about 1.8 min per epoch, ~1.3 with bfloat16). `--budget`: stop, resumably,
-before an epoch that would end after that many seconds. `--subset`/`--epochs` make a tiny run (the
-test's).
+device they were trained on. On a GPU the networks train at the same time, one process each (a
+small network leaves most of the card idle); on a CPU one after the other (ResNet-20 on 2 threads:
+about 1.8 min per epoch, ~1.3 with bfloat16). `--budget`: stop, resumably, before an epoch that
+would end after that many seconds. `--subset`/`--epochs` make a tiny run (the test's).
 """
 from __future__ import annotations
 
