@@ -323,13 +323,15 @@ class VGG(nn.Module):
 # new cosine) towards an ensemble of the three stored networks (91.26 % on the 10,000 test images;
 # the ResNet-20s alone 88.40 and 89.24 %, VGG-7 89.31 %, float32 on this CPU). "distilled_swa"
 # continues from distilled's network with the same teachers for 20 epochs at its peak lr 0.01, held
-# constant, and averages the weights of those epochs (stochastic weight averaging). README: results.
+# constant, and averages the weights of those epochs (stochastic weight averaging). "distilled_long"
+# distils from the same teachers from the start, with long_cutout's 200 epochs. README: results.
 CIFAR10_ANNS = {"resnet20": lambda: ResNet(3, (16, 32, 64), 3), "vgg7": lambda: VGG(3, (64, 128, 256), 2)}
 ANN_RECIPES = {"standard": dict(epochs=100, lr=0.1, optimizer="sgd", weight_decay=5e-4, batch_size=128, seed=0)}
 ANN_RECIPES["long_cutout"] = dict(ANN_RECIPES["standard"], epochs=200, cutout_size=8, bf16=True)
 ANN_RECIPES["distilled"] = dict(ANN_RECIPES["long_cutout"], epochs=20, lr=0.01, init="long_cutout",
                                 teachers=(("resnet20", "standard"), ("resnet20", "long_cutout"), ("vgg7", "standard")))
 ANN_RECIPES["distilled_swa"] = dict(ANN_RECIPES["distilled"], init="distilled", average=True)
+ANN_RECIPES["distilled_long"] = dict(ANN_RECIPES["long_cutout"], teachers=ANN_RECIPES["distilled"]["teachers"])
 
 
 def ann_weights_file(name, recipe="standard"):

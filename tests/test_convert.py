@@ -369,7 +369,8 @@ needs_cifar10 = pytest.mark.skipif(not ((DATA / "cifar-10-jpeg75").exists() or (
 def test_train_conversion_anns_stores_weights_that_load(tmp_path):
     """tools/train_conversion_anns.py on 64 images for one epoch, one process per network: both
     weights files are written and load with load_cifar10_ann; a second call retrains nothing; the
-    other recipes, "distilled" and "distilled_swa" from the weights the earlier calls stored."""
+    other recipes, "distilled" and "distilled_swa" from the weights the earlier calls stored, and
+    "distilled_long" from the start."""
     root = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, str(root / "tools" / "train_conversion_anns.py"), "--subset", "64", "--epochs", "1",
            "--runs", str(tmp_path / "runs"), "--weights", str(tmp_path / "w"), "--parallel", "--threads", "1"]
@@ -395,3 +396,8 @@ def test_train_conversion_anns_stores_weights_that_load(tmp_path):
     assert averaged.returncode == 0, averaged.stdout + averaged.stderr
     _, state = mc.load_cifar10_ann("resnet20", tmp_path / "w", recipe="distilled_swa")
     assert state["config"]["average"] and "cosine_epochs" not in state["config"] and "iterate" in state
+    long = subprocess.run(cmd + ["--nets", "resnet20", "--recipe", "distilled_long"], capture_output=True, text=True)
+    assert long.returncode == 0, long.stdout + long.stderr
+    _, state = mc.load_cifar10_ann("resnet20", tmp_path / "w", recipe="distilled_long")
+    assert "init" not in state["config"] and state["config"]["distill"]["temperature"] == 4.0
+    assert state["config"]["cutout_size"] == 8 and state["config"]["cosine_epochs"] == 1

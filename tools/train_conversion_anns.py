@@ -9,7 +9,8 @@ and flips, seed 0, on all 50,000 training images; "long_cutout": 200 epochs, 8x8
 autocast; "distilled": 20 epochs fine-tuning long_cutout's ResNet-20 (lr 0.01 on a new cosine) with
 knowledge distillation from the ensemble of the stored networks (they must be in `--weights`);
 "distilled_swa": from distilled's ResNet-20, the same teachers for 20 epochs at a constant lr 0.01,
-the weights of those epochs averaged (`train_ann`'s `average`). Every epoch is checkpointed in
+the weights of those epochs averaged (`train_ann`'s `average`); "distilled_long": long_cutout's 200
+epochs from the start, distilled from distilled's teachers. Every epoch is checkpointed in
 `--runs` (the same command resumes a stopped run); a finished run's weights, without the optimizer
 state, go to `--weights`/`mc.ann_weights_file` with the per-epoch history, the provenance and the
 device they were trained on. On a GPU the networks train at the same time, one process each (a
