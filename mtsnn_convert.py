@@ -601,16 +601,17 @@ def relu_activations(net, x, batch_size=500):
     return {m: torch.cat(v) for m, v in acts.items()}
 
 
-def percentile_threshold(act, p=99.9, max_values=2_000_000, seed=0):
-    """The p-th percentile of the positive values of `act` (a random sample of at most
-    `max_values` of them). Zeros are left out, as in Rueckauer et al. 2017's SNN toolbox: most
-    ReLU outputs are zero and would drag a percentile of everything down."""
+def percentile_threshold(act, p=99.9):
+    """The p-th percentile of the positive values of `act`, exact and interpolated linearly as
+    torch.quantile does (which refuses more than 16 million values: ResNet-20's first layers on
+    1000 calibration images have more). Zeros are left out, as in Rueckauer et al. 2017's SNN
+    toolbox: most ReLU outputs are zero and would drag a percentile of everything down."""
     v = act[act > 0].flatten().float()
     if len(v) == 0:
         return 1.0
-    if len(v) > max_values:
-        v = v[torch.randperm(len(v), generator=torch.Generator().manual_seed(seed))[:max_values].to(v.device)]
-    return torch.quantile(v, p / 100.0).item()
+    rank = p / 100 * (len(v) - 1)
+    below, above = (torch.kthvalue(v, k + 1).values for k in (math.floor(rank), math.ceil(rank)))
+    return torch.lerp(below, above, rank - math.floor(rank)).item()
 
 
 def calibrate(ann, calib_x, percentile=99.9):

@@ -60,6 +60,14 @@ def test_threshold_is_the_percentile_of_positive_activations():
         theta = mc.percentile_threshold(act, p)
         assert theta == pytest.approx(4 * p / 100, abs=0.02)
         assert (act[act > 0] <= theta).float().mean().item() == pytest.approx(p / 100, abs=1e-3)
+        assert theta == pytest.approx(torch.quantile(act[act > 0], p / 100).item(), rel=1e-6)
+
+
+def test_threshold_is_exact_beyond_torch_quantiles_size_limit():
+    act = torch.rand(20_000_000, generator=torch.Generator().manual_seed(0)) - 0.1  # 18 million positive
+    positive = act[act > 0].double().numpy()
+    for p in (50.0, 99.9):
+        assert mc.percentile_threshold(act, p) == pytest.approx(np.percentile(positive, p), rel=1e-7)
 
 
 def test_convert_sets_each_layers_threshold_at_the_percentile():
