@@ -151,8 +151,8 @@ def train_ann(spec, train_ds, test_ds, epochs=2, lr=1e-3, seed=0, batch_size=128
     "iterate", its test accuracy in the history as "iterate_accuracy").
     `stop_at` (a `time.time()` value): no epoch is started that would end after it, judged by the
     last epoch's duration (a budgeted run stops early; the same call resumes it). Returns (model
-    in eval mode, test accuracy % after the last epoch trained, history of per-epoch rows: fewer
-    than `epochs` when stopped early)."""
+    in eval mode, test accuracy % after the last epoch trained, history of per-epoch rows, each with
+    the device that trained it: fewer than `epochs` when stopped early)."""
     mt._expect("optimizer", optimizer, str, lambda v: v in ("adam", "sgd"), '"adam" or "sgd"')
     torch.manual_seed(seed)
     net = (ann_net(spec, train_ds.x.shape[1:]) if isinstance(spec, str) else spec).to(train_ds.x.device)
@@ -209,7 +209,8 @@ def train_ann(spec, train_ds, test_ds, epochs=2, lr=1e-3, seed=0, batch_size=128
         losses, correct, _ = mt.train_epoch(forward, opt, train_ds, loss_fn,
                                             lambda out: out[0].argmax(1), epoch=epoch, seed=seed,
                                             batch_size=batch_size, augment=augment)
-        row = dict(epoch=epoch + 1, loss=losses.mean().item(), train_accuracy=100.0 * correct / len(train_ds))
+        row = dict(epoch=epoch + 1, loss=losses.mean().item(), train_accuracy=100.0 * correct / len(train_ds),
+                   device=mt.device_name(train_ds.x.device))  # a run resumed on another machine says so per epoch
         if average:
             with torch.no_grad():
                 for a, p in zip(mean.parameters(), net.parameters()):

@@ -161,6 +161,7 @@ def test_train_ann_resumes_from_its_checkpoint(tmp_path):
     for a, b in zip(whole.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
     assert (acc2, [h["loss"] for h in hist2]) == (acc, [h["loss"] for h in hist])
+    assert [h["device"] for h in hist2] == [mt.device_name("cpu")] * 2
     with pytest.raises(ValueError, match="holds another ANN run"):
         mc.train_ann("784-32-10", *data, epochs=2, lr=2e-3, checkpoint=ckpt)
 
