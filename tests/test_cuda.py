@@ -8,6 +8,7 @@ import itertools
 import pytest
 import torch
 
+import mtsnn_convert as mc
 import mtsnn_core as mt
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -113,6 +114,32 @@ def test_a_training_step_never_waits_on_the_host():
     try:
         mt.train_epoch(net, opt, data, lambda out, y: mt.spike_mse_loss(out, y, 15), net.predict, epoch=0, seed=0,
                        batch_size=16, on_step=on_step, T=2)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(steps) == 8
+
+
+def test_an_ann_step_with_cutout_and_a_teacher_never_waits_on_the_host():
+    """train_ann's forward (cutout centres from a generator on the GPU, bf16, a teacher ensemble) as
+    the test above: no host-device synchronisation from the second step on."""
+    data = _synthetic("cifar10", 8 * 16, (3, 32, 32))
+    torch.manual_seed(0)
+    net, teacher = mc.ann_net("8C3-P2-32", (3, 32, 32)).cuda(), mc.Ensemble([mc.ann_net("8C3-P2-32", (3, 32, 32))])
+    forward = mc._TrainingForward(net, 8, True, teacher.cuda().eval())
+    forward.generator = torch.Generator("cuda").manual_seed(0)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    steps = []
+
+    def on_step():
+        steps.append(1)
+        torch.cuda.set_sync_debug_mode("error" if len(steps) < 8 else "default")
+
+    def loss_fn(out, y):
+        return torch.nn.functional.cross_entropy(out[0], y) + torch.nn.functional.mse_loss(out[0], out[1])
+
+    try:
+        mt.train_epoch(forward, opt, data, loss_fn, lambda out: out[0].argmax(1), epoch=0, seed=0, batch_size=16,
+                       on_step=on_step)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert len(steps) == 8
