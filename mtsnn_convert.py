@@ -328,7 +328,8 @@ class VGG(nn.Module):
 # the ResNet-20s alone 88.40 and 89.24 %, VGG-7 89.31 %, float32 on this CPU). "distilled_swa"
 # continues from distilled's network with the same teachers for 20 epochs at its peak lr 0.01, held
 # constant, and averages the weights of those epochs (stochastic weight averaging). "distilled_long"
-# distils from the same teachers from the start, with long_cutout's 200 epochs. README: results.
+# distils from the same teachers from the start, with long_cutout's 200 epochs: 90.28 %, the only one
+# at 90 % (distilled 89.94, distilled_swa 89.68 %). README: results.
 CIFAR10_ANNS = {"resnet20": lambda: ResNet(3, (16, 32, 64), 3), "vgg7": lambda: VGG(3, (64, 128, 256), 2)}
 ANN_RECIPES = {"standard": dict(epochs=100, lr=0.1, optimizer="sgd", weight_decay=5e-4, batch_size=128, seed=0)}
 ANN_RECIPES["long_cutout"] = dict(ANN_RECIPES["standard"], epochs=200, cutout_size=8, bf16=True)
