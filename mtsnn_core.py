@@ -290,6 +290,17 @@ class TimeFolded(nn.Module):
         return y.unflatten(0, x.shape[:2])
 
 
+def readout(out_spikes, residual):
+    """The class with the most output spikes over the T steps ([T, B, classes] -> [B]). Classes tied
+    on spikes (all silent, say) are told apart by the membrane potential `residual` [B, classes] each
+    has left after the last step: the one closest to its next spike wins, so the class order decides
+    only an exact tie of both. Compared exactly, as the pair (count, residual): a tie-break term added
+    to the count rounds away in float32 for large residuals."""
+    counts = out_spikes.sum(0)
+    tied = counts == counts.amax(1, keepdim=True)
+    return residual.masked_fill(~tied, -math.inf).argmax(1)
+
+
 class SpikingNet(nn.Module):
     """A stack of synaptic layers, each Conv/Linear followed by a neuron, in the paper's notation.
 
@@ -310,15 +321,12 @@ class SpikingNet(nn.Module):
         return self.rest(current.unsqueeze(0).expand(T, *current.shape))
 
     def predict(self, out_spikes):
-        """The class with the most output spikes over the T steps. Classes tied on spikes (all
-        silent, say) are told apart by the membrane potential each has left after the last step:
-        the one closest to its next spike wins, so the class order never decides. Call it right
+        """`readout` of the output spikes with the potentials the output layer has left: call it right
         after the forward pass that produced `out_spikes`."""
         out = self.neurons()[-1]
         if out.residual is None or out.residual.shape != out_spikes.shape[1:]:
             raise ValueError("predict needs the output potentials of the forward pass that produced out_spikes")
-        # a count difference is >= 1, the tie-break term lies in (0, 0.5): it only orders equal counts
-        return (out_spikes.sum(0) + 0.5 * torch.sigmoid(out.residual / out.v_th)).argmax(1)
+        return readout(out_spikes, out.residual)
 
     def neurons(self):
         return [m for m in self.modules() if isinstance(m, MultiThresholdLIF)]

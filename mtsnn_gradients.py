@@ -108,8 +108,7 @@ class ReadingMLP(nn.Module):
 
     def predict(self, out_spikes):
         """mtsnn_core's readout: most spikes, ties to the output neuron closest to its next spike."""
-        residual = self.neurons[-1].residual
-        return (out_spikes.sum(0) + 0.5 * torch.sigmoid(residual / self.neurons[-1].v_th)).argmax(1)
+        return mt.readout(out_spikes, self.neurons[-1].residual)
 
 
 def reading_net(spec, images, reading, seed, **neuron):

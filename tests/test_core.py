@@ -651,6 +651,24 @@ def test_evaluate_silent_fraction_counts_every_unit_across_batches():
     assert e["output_silent"] == pytest.approx(1 / 3) and e["output_tied"] == pytest.approx(1 / 3)
 
 
+def test_readout_compares_count_then_residual_exactly():
+    """S_max = 15, T = 2: both classes saturate at 30 spikes and keep residuals of 133 and 161 mV
+    (MNIST MLP test image 684). A tie-break term count + sigmoid(u/V_th)/2 rounds both to 30.5 in
+    float32 and the lower index won; the exact comparison reads the larger residual."""
+    net = _identity_net()
+    x = torch.tensor([[0.0, 150.0 + 133.0 / 2 + 7.0, 150.0 + 161.0 / 2 + 7.0]])
+    out = net(x, 2)
+    assert out.sum(0).tolist() == [[0.0, 30.0, 30.0]]
+    residual = net.neurons()[-1].residual
+    assert residual[0, 2] > residual[0, 1] > 100
+    old = (out.sum(0) + 0.5 * torch.sigmoid(residual / 10.0))
+    assert old[0, 1] == old[0, 2]  # the old rule could not tell them apart
+    assert net.predict(out).tolist() == [2]
+    # a count difference always wins over any residual; an exact tie of both goes to the lower index
+    assert mt.readout(torch.tensor([[[2.0, 1.0]]]), torch.tensor([[-50.0, 9.0]])).tolist() == [0]
+    assert mt.readout(torch.tensor([[[1.0, 1.0]]]), torch.tensor([[3.0, 3.0]])).tolist() == [0]
+
+
 def test_predict_needs_the_forward_pass_of_its_spikes():
     net = _identity_net()
     out = net(torch.tensor([[25.0, 5.0, 0.0]]), 1)
