@@ -89,17 +89,18 @@ def settings(stem, profile, epochs=None, seeds=None):
     return dict(s, stem=stem, table=table.table, dataset=table.dataset, profile=profile, batch_size=128)
 
 
-def train_seeds(s, device, executor="local", cluster=None, checkpoint_dir=None):
+def train_seeds(s, device, executor="local", cluster=None, checkpoint_dir=None, processes=2, threads=None):
     """Train the table's network once per seed of settings `s` with Table 1's neuron, side by side
-    (`mt.train_sweep`: two local worker processes, or one Slurm job per seed with `executor="slurm"`
-    and `cluster` the `mt.make_executor` arguments); each run reads the data itself. Every seed
-    checkpoints in `checkpoint_dir` (a temporary folder if None) and resumes from it; each result
-    gets its `model` back from there."""
+    (`mt.train_sweep`: `processes` local worker processes of `threads` threads, or one Slurm job per
+    seed with `executor="slurm"` and `cluster` the `mt.make_executor` arguments); each run reads the
+    data itself. Every seed checkpoints in `checkpoint_dir` (a temporary folder if None) and resumes
+    from it; each result gets its `model` back from there."""
     checkpoint_dir = checkpoint_dir or tempfile.mkdtemp(prefix=f"{s['stem']}_")
     common = dict(spec=s["spec"], dataset=s["dataset"], epochs=s["epochs"], batch_size=s["batch_size"], lr=s["lr"],
                   subset=s["subset"], test_subset=s["test_subset"], device=device, **mt.TABLE1)
-    results = mt.train_sweep([dict(seed=seed) for seed in s["seeds"]], checkpoint_dir=checkpoint_dir,
-                             executor=mt.make_executor(executor, **(cluster or {})), **common)
+    results = mt.train_sweep([dict(seed=seed) for seed in s["seeds"]], processes=processes, threads=threads,
+                             checkpoint_dir=checkpoint_dir, executor=mt.make_executor(executor, **(cluster or {})),
+                             **common)
     return [dict(r, model=mt.load_model(r["checkpoint"], device)) for r in results]
 
 
