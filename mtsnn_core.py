@@ -185,7 +185,8 @@ class _MultiThresholdFire(torch.autograd.Function):
         (h_all,) = ctx.saved_tensors
         n = ctx.neuron
         if _fused(h_all):
-            return _fused_module().backward(h_all, grad_spikes, n), None
+            window = None if n.surrogate == "f3" else comb_window(n.v_th, n.s_max, n.alpha_w)
+            return _fused_module().backward(h_all, grad_spikes, n, window), None
         decay, v_th, mode = 1.0 - 1.0 / n.tau_m, n.v_th, n.reset_grad
         grad_h = torch.empty_like(grad_spikes)  # dL/dh[t] = dL/dx[t], since h[t] = decay*u[t-1] + x[t]
         T = h_all.shape[0]

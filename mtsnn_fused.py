@@ -9,15 +9,14 @@ arithmetic is `mtsnn_core`'s, term for term (same surrogate window, IEEE divisio
 threshold); the tests compare the two (`MultiThresholdLIF.run` and `_MultiThresholdFire`).
 
 `mtsnn_core` calls `forward`/`backward` for CUDA tensors (MTSNN_FUSED=off: never; =all: every
-device, which on a CPU needs TRITON_INTERPRET=1 and serves the tests).
+device, which on a CPU needs TRITON_INTERPRET=1 and serves the tests). This module does not import
+`mtsnn_core`: the core hands `backward` the surrogate's window (`mtsnn_core.comb_window`).
 """
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
-
-import mtsnn_core as mt
 
 BLOCK = 1024
 _SURROGATE = {"f1": 1, "f2": 2, "f3": 3}
@@ -107,14 +106,15 @@ def forward(x, neuron):
     return spikes, h_all
 
 
-def backward(h_all, grad_spikes, neuron):
-    """dL/dh[t] (= dL/dx[t]) for every step, as `mtsnn_core._MultiThresholdFire.backward`."""
+def backward(h_all, grad_spikes, neuron, window):
+    """dL/dh[t] (= dL/dx[t]) for every step, as `mtsnn_core._MultiThresholdFire.backward`. `window`:
+    (reach, width) of f1/f2, `mtsnn_core.comb_window(v_th, s_max, alpha_w)` (None for f3)."""
     if grad_spikes.stride() != h_all.stride():
         grad_spikes = torch.empty_like(h_all).copy_(grad_spikes)
     grad_h = torch.empty_like(h_all)
     n = h_all[0].numel()
     reach, width, alpha_w = ((0, 1, 1.0) if neuron.surrogate == "f3" else
-                             (*mt.comb_window(neuron.v_th, neuron.s_max, neuron.alpha_w), neuron.alpha_w))
+                             (*window, neuron.alpha_w))
     _backward_kernel[(triton.cdiv(n, BLOCK),)](
         h_all, grad_spikes, grad_h, n, h_all.shape[0], 1.0 - 1.0 / neuron.tau_m, neuron.v_th, float(neuron.s_max),
         float(neuron.alpha_h), -1.0 / alpha_w, float(reach), width,
