@@ -33,6 +33,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import mtsnn_core as mt
+import mtsnn_runs as mr
+import mtsnn_runtime as rt
+from mtsnn_base import _expect
 
 T_READ = tuple(2 ** k for k in range(9))  # 1, 2, 4, ..., 256
 
@@ -155,7 +158,7 @@ def train_ann(spec, train_ds, test_ds, epochs=2, lr=1e-3, seed=0, batch_size=128
     last epoch's duration (a budgeted run stops early; the same call resumes it). Returns (model
     in eval mode, test accuracy % after the last epoch trained, history of per-epoch rows, each with
     the device that trained it: fewer than `epochs` when stopped early)."""
-    mt._expect("optimizer", optimizer, str, lambda v: v in ("adam", "sgd"), '"adam" or "sgd"')
+    _expect("optimizer", optimizer, str, lambda v: v in ("adam", "sgd"), '"adam" or "sgd"')
     torch.manual_seed(seed)
     net = (ann_net(spec, train_ds.x.shape[1:]) if isinstance(spec, str) else spec).to(train_ds.x.device)
     opt = (torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay) if optimizer == "adam" else
@@ -173,7 +176,7 @@ def train_ann(spec, train_ds, test_ds, epochs=2, lr=1e-3, seed=0, batch_size=128
     if teacher is not None:
         config["distill"] = dict(teacher=_digest(teacher), temperature=distill_temperature, weight=distill_weight)
         teacher.eval()  # batch norm on its running statistics (kept by _TrainingForward); under no_grad
-    state = mt.load_checkpoint(checkpoint) if checkpoint else None
+    state = rt.load_checkpoint(checkpoint) if checkpoint else None
     if state is not None:
         if state["config"] != config:
             raise ValueError(f"checkpoint {checkpoint} holds another ANN run: {state['config']}, not {config}")
@@ -213,7 +216,7 @@ def train_ann(spec, train_ds, test_ds, epochs=2, lr=1e-3, seed=0, batch_size=128
                                             lambda out: out[0].argmax(1), epoch=epoch, seed=seed,
                                             batch_size=batch_size, augment=augment)
         row = dict(epoch=epoch + 1, loss=losses.mean().item(), train_accuracy=100.0 * correct / len(train_ds),
-                   device=mt.device_name(train_ds.x.device))  # a run resumed on another machine says so per epoch
+                   device=rt.device_name(train_ds.x.device))  # a run resumed on another machine says so per epoch
         if average:
             with torch.no_grad():
                 for a, p in zip(mean.parameters(), net.parameters()):
@@ -227,8 +230,8 @@ def train_ann(spec, train_ds, test_ds, epochs=2, lr=1e-3, seed=0, batch_size=128
         history.append(dict(row, test_accuracy=ann_accuracy(tested, test_ds), seconds=time.time() - t0))
         if checkpoint:
             iterate = dict(iterate=net.state_dict()) if average else {}
-            mt.save_checkpoint(dict(model=tested.state_dict(), **iterate, optimizer=opt.state_dict(), history=history,
-                                    config=config, provenance=mt.provenance()), checkpoint)
+            rt.save_checkpoint(dict(model=tested.state_dict(), **iterate, optimizer=opt.state_dict(), history=history,
+                                    config=config, provenance=rt.provenance()), checkpoint)
         if progress:
             print("epoch {epoch:3d}  loss {loss:.4f}  test {test_accuracy:6.2f} %  {seconds:5.1f} s"
                   .format(**history[-1]))
@@ -752,10 +755,10 @@ def first_T_reaching(accuracy, target):
 
 
 def result_rows(method, result, spec, dataset_variant, epochs, s_max=1, **extra):
-    """One `mt.result_row` per T of an `evaluate_conversion` result, with "method" and "T"."""
+    """One `mr.result_row` per T of an `evaluate_conversion` result, with "method" and "T"."""
     rows = []
     for T, acc in result["accuracy"].items():
         run = dict(config=dict(spec=spec, T=T, epochs=epochs, seed=0, s_max=s_max, surrogate=None, alpha_w=None),
                    dataset_variant=dataset_variant, test_accuracy=acc)
-        rows.append(mt.result_row(f"{method}, T={T}", [run], method=method, agreement=result["agreement"][T], **extra))
+        rows.append(mr.result_row(f"{method}, T={T}", [run], method=method, agreement=result["agreement"][T], **extra))
     return rows

@@ -6,32 +6,32 @@ backpropagation for ultra-low-latency spiking neural networks with multi-thresho
 
 1. surrogate derivative curves f1, f2, f3 (eqs. 14-16)
 2. the multi-threshold LIF neuron (eqs. 1-5) and its backward pass (eqs. 9-13)
-3. `build_net`, which parses the paper's network notation ("15C5-P2-40C5-P2-300")
-4. datasets held on the device as one tensor, augmented on the device
-5. `train`: Adam + MSE on output spikes (eq. 6), per-epoch evaluation, checkpoint/resume;
-   `train_sweep` for independent runs side by side
-6. reporting: table rows as JSON, accuracy curves
-7. `energy_report`: firing rates and synaptic operations of a test pass (energy estimate)
+3. `build_net`, which parses the paper's network notation ("15C5-P2-40C5-P2-300"); `initialised_net`
+4. `train`: Adam + MSE on output spikes (eq. 6), per-epoch evaluation, checkpoint/resume;
+   `evaluate`, `train_epoch`, `load_model`, `export_weights`
+5. `energy_report`: firing rates and synaptic operations of a test pass (energy estimate)
 
 The paper's settings (Table 1, its networks, learning rates) are named once, below the imports.
+Below the core: `mtsnn_base` (argument checks), `mtsnn_data` (`load_dataset`), `mtsnn_runtime`
+(checkpoints, device, provenance); above it `mtsnn_runs` (`train_sweep`, result JSON, plots).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import re
-import tarfile
 import time
 import warnings
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from mtsnn_base import _atomic_save, _check_device, _expect, _positive, _positive_int
+from mtsnn_data import _IN_SHAPES, DATASETS, Dataset, load_dataset
+from mtsnn_runtime import configure_cuda, device_name, device_setup, load_checkpoint, provenance, save_checkpoint
 
 # The paper's settings, named once for every notebook: Table 1's neuron and time steps (batch 128,
 # Adam beta 0.9/0.999, eps 1e-8 and 200 epochs are `train`'s and the notebooks'), its learning
@@ -122,24 +122,6 @@ def _check_neuron_args(v_th=10.0, tau_m=10.0, s_max=15, surrogate="f2", reset_gr
         raise ValueError(f"surrogate must be one of {sorted(SURROGATES)}, got {surrogate!r}")
     if reset_grad not in RESET_GRADS:
         raise ValueError(f"reset_grad must be one of {RESET_GRADS}, got {reset_grad!r}")
-
-
-def _expect(name, value, types, ok=lambda v: True, expected=""):
-    """Raise TypeError (wrong type) or ValueError (wrong value) naming the argument and what it takes.
-    `types`: a type or tuple of types; float means any finite real number. A bool is no number."""
-    number = types is float
-    if (isinstance(value, bool) and types is not bool) or not isinstance(value, (int, float) if number else types):
-        raise TypeError(f"{name} must be {expected}, got {type(value).__name__} {value!r}")
-    if (number and not math.isfinite(value)) or not ok(value):
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
-
-
-def _positive_int(name, value):
-    _expect(name, value, int, lambda v: v >= 1, "an integer >= 1")
-
-
-def _positive(name, value):
-    _expect(name, value, float, lambda v: v > 0, "a number > 0")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -501,253 +483,7 @@ def initialised_net(spec, images, n_classes=10, *, T=2, init_rate=1.0, init_outp
 
 
 # ----------------------------------------------------------------------------------------------
-# 4. Data: the whole dataset on the device as one tensor, augmented there per batch
-# ----------------------------------------------------------------------------------------------
-# MD5 of the uncompressed IDX files (torchvision's layout <root>/<Name>/raw/).
-_IDX_MD5 = {
-    "mnist": ("MNIST", {
-        "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
-        "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
-        "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
-        "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637"}),
-    "fmnist": ("FashionMNIST", {
-        "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
-        "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
-        "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
-        "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965"}),
-}
-_CIFAR_JPEG_SHA256 = {
-    "train_1.tar": "50af13e8856f8717906cd5c5f1cb10eac1ced76ccdf1035d70090e6bbdcb2529",
-    "train_2.tar": "638c743f0cf7b4638ee21e8120025f1ccb5f750891e20912db6fd078816e8ed2",
-    "test.tar": "e48adedee3b04d8030be234342ac61b1d57961c070be4e10380b98c98b8ede40",
-}
-_CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-# Per-channel mean/std of the training images in [0, 1]; crop padding is zero intensity.
-_STATS = {"mnist": ((0.1307,), (0.3081,)), "fmnist": ((0.2860,), (0.3530,)),
-          "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))}
-_CROP_PAD = {"mnist": 2, "fmnist": 2, "cifar10": 4}
-DATASETS = tuple(_STATS)
-
-
-class DatasetError(RuntimeError):
-    """A dataset is missing or does not match its published checksum."""
-
-
-@dataclass
-class Dataset:
-    """Images as one normalised float tensor [N, C, H, W] on the device, labels [N] (int64)."""
-    name: str
-    variant: str  # "mnist", "fmnist", "cifar10" or "cifar10-jpeg75" (the lossy copy)
-    x: torch.Tensor
-    y: torch.Tensor
-    mean: tuple = ()
-    std: tuple = ()
-    background: torch.Tensor | None = field(default=None, repr=False)  # the padding's value, on the device
-
-    def __len__(self):
-        return len(self.y)
-
-    def fingerprint(self):
-        """Variant, size and a hash of the labels and pixels: tells two datasets apart for resume."""
-        digest = hashlib.sha256(self.y.cpu().numpy().tobytes())
-        digest.update(self.x[:, :, ::4, ::4].float().cpu().numpy().tobytes())  # a pixel sample suffices
-        return f"{self.variant}:{len(self)}:{digest.hexdigest()[:16]}"
-
-    def draw_augmentation(self, batch_sizes, generator):
-        """The random draws of `augment` for consecutive batches of the given sizes, batch by batch
-        from `generator` (crop offsets, then CIFAR-10's flips), moved to the device in one copy:
-        `train_epoch` draws a whole epoch at once, so no step waits on a host-to-device copy.
-        Returns an int64 tensor [3, sum(batch_sizes)]: row offset, column offset, flip (0/1)."""
-        pad, draws = _CROP_PAD[self.name], []
-        for B in batch_sizes:
-            offsets = torch.randint(0, 2 * pad + 1, (2, B), generator=generator)
-            flip = (torch.rand(B, generator=generator) < 0.5 if self.name == "cifar10"
-                    else torch.zeros(B, dtype=torch.bool))
-            draws.append(torch.cat([offsets, flip.long()[None]]))
-        return torch.cat(draws, 1).to(self.x.device)
-
-    def augment(self, xb, draws):
-        """Random crop with zero-intensity padding (all datasets) and horizontal flip (CIFAR-10),
-        one draw per image (a [3, B] slice of `draw_augmentation`), as batched tensor operations."""
-        pad, (B, C, H, W) = _CROP_PAD[self.name], xb.shape
-        if self.background is None or self.background.device != xb.device:  # made once, not per step
-            self.background = (-torch.tensor(self.mean) / torch.tensor(self.std)).to(xb).view(1, C, 1, 1)
-        canvas = self.background.expand(B, C, H + 2 * pad, W + 2 * pad).clone()
-        canvas[:, :, pad:pad + H, pad:pad + W] = xb
-        dy, dx, flip = draws
-        rows = (dy[:, None] + torch.arange(H, device=xb.device))[:, None, :, None].expand(B, C, H, W + 2 * pad)
-        canvas = canvas.gather(2, rows)
-        cols = (dx[:, None] + torch.arange(W, device=xb.device))[:, None, None, :].expand(B, C, H, W)
-        out = canvas.gather(3, cols)
-        return torch.where(flip.bool()[:, None, None, None], out.flip(3), out) if self.name == "cifar10" else out
-
-
-def data_root(root=None):
-    """`root`, else $MTSNN_DATA, else ./data."""
-    return Path(root or os.environ.get("MTSNN_DATA") or "data")
-
-
-def _md5(path):
-    return hashlib.md5(Path(path).read_bytes()).hexdigest()
-
-
-def _sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def _try_download(name, root):
-    """Let torchvision fetch the canonical files; returns False when the network does not allow."""
-    import torchvision.datasets as tvd
-    cls = {"mnist": tvd.MNIST, "fmnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10}[name]
-    try:
-        for train in (True, False):
-            cls(str(root), train=train, download=True)
-        return True
-    except Exception as exc:  # no network, a refused host, a partial file
-        warnings.warn(f"could not download {name} with torchvision: {exc}")
-        return False
-
-
-def _missing_error(name, folder, files, how):
-    return DatasetError(
-        f"{name}: looked in {Path(folder).resolve()} and did not find {', '.join(files)}. "
-        f"{how} Set MTSNN_DATA (or pass root=) to the folder that holds it.")
-
-
-def _read_idx(path):
-    raw = path.read_bytes()
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return torch.frombuffer(bytearray(raw[4 + 4 * ndim:]), dtype=torch.uint8).view(*dims)
-
-
-def _load_idx(name, train, root):
-    folder_name, md5s = _IDX_MD5[name]
-    raw = root / folder_name / "raw"
-    prefix = "train" if train else "t10k"
-    files = [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
-    if not all((raw / f).exists() for f in files) and not _try_download(name, root):
-        raise _missing_error(name, raw, files, "Download the IDX files (torchvision's "
-                             f"datasets.{'MNIST' if name == 'mnist' else 'FashionMNIST'}(root, download=True) does it) "
-                             "or copy them from a machine that has them.")
-    for f in files:
-        if _md5(raw / f) != md5s[f]:
-            raise DatasetError(f"{name}: {raw / f} does not match its published MD5 {md5s[f]}; "
-                               "the file is corrupt or not the canonical one. Delete it and download again.")
-    return _read_idx(raw / files[0]).unsqueeze(1), _read_idx(raw / files[1]).long()
-
-
-def _cache_dir():
-    return Path(os.environ.get("MTSNN_CACHE") or Path.home() / ".cache" / "mtsnn")
-
-
-def _load_cifar10(train, root):
-    """Canonical cifar-10-batches-py when present (or downloadable), else the JPEG-75 copy."""
-    import torchvision.datasets as tvd
-    canonical = root / "cifar-10-batches-py"
-    jpeg = root / "cifar-10-jpeg75"
-    if canonical.exists() or (not jpeg.exists() and _try_download("cifar10", root)):
-        ds = tvd.CIFAR10(str(root), train=train, download=False)  # checks the published MD5s
-        return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets), "cifar10"
-    shards = ["train_1.tar", "train_2.tar"] if train else ["test.tar"]
-    if not all((jpeg / s).exists() for s in shards):
-        raise _missing_error("cifar10", root, ["cifar-10-batches-py/"] + [f"cifar-10-jpeg75/{s}" for s in shards],
-                             "With internet, torchvision's datasets.CIFAR10(root, download=True) fetches the canonical "
-                             "files.")
-    warnings.warn("CIFAR-10: using the lossy JPEG-75 copy (variant 'cifar10-jpeg75'); accuracy may differ "
-                  "slightly from the canonical dataset.", stacklevel=3)
-    for s in shards:
-        if _sha256(jpeg / s) != _CIFAR_JPEG_SHA256[s]:
-            raise DatasetError(f"cifar10: {jpeg / s} does not match its sha256 {_CIFAR_JPEG_SHA256[s]} (SHA256SUMS)")
-    cache = _cache_dir() / f"cifar10-jpeg75-{'train' if train else 'test'}-{_CIFAR_JPEG_SHA256[shards[0]][:12]}.pt"
-    x, y = _cached_decode([jpeg / s for s in shards], cache)
-    if not train:  # the copy's test images are sorted by class: a fixed shuffle lets a test subset hold every class
-        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-        x, y = x[order], y[order]
-    return x, y, "cifar10-jpeg75"
-
-
-def _cached_decode(shards, cache):
-    """(images, labels) of the shards, decoded once per machine into `cache`: under a file lock (two
-    processes never decode at once), written atomically, checked against its sha256 on every load
-    and decoded again when it does not match."""
-    import fcntl
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    digest = cache.with_name(cache.name + ".sha256")
-    with open(cache.with_name(cache.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if cache.exists() and digest.exists() and _sha256(cache) == digest.read_text().strip():
-            return torch.load(cache)
-        if cache.exists():
-            warnings.warn(f"the decoded CIFAR-10 cache {cache} does not match its checksum: decoding again",
-                          stacklevel=3)
-        data = _decode_jpeg_shards(shards)
-        _atomic_save(data, cache)
-        digest.write_text(_sha256(cache) + "\n")
-        return data
-
-
-def _decode_jpeg_shards(shards):
-    """Decode the JPEG-75 tar shards into one uint8 image tensor and the labels (class = folder name)."""
-    from torchvision.io import decode_jpeg
-    images, labels = [], []
-    with warnings.catch_warnings():
-        # torchvision 0.29 deprecates its decoders (a warning per image); they still decode the copy
-        # exactly as the results so far were made, so they stay, without the 60 000 warnings
-        warnings.filterwarnings("ignore", message="The image decoding", category=DeprecationWarning)
-        for s in shards:
-            with tarfile.open(s) as tar:
-                for member in tar:
-                    if member.isfile() and member.name.endswith(".jpg"):
-                        data = torch.frombuffer(bytearray(tar.extractfile(member).read()), dtype=torch.uint8)
-                        images.append(decode_jpeg(data))
-                        labels.append(_CIFAR_CLASSES.index(member.name.split("/")[-2]))
-    return torch.stack(images), torch.tensor(labels)
-
-
-def load_dataset(name, train, root=None, device="cpu", subset=None):
-    """Load "mnist", "fmnist" or "cifar10" as a `Dataset` on `device`, normalised per channel.
-
-    Files are read from `root` (default $MTSNN_DATA, then ./data) in torchvision's layout
-    (MNIST/raw, FashionMNIST/raw, cifar-10-batches-py) and checked against their published
-    checksums. CIFAR-10 falls back to the lossy `cifar-10-jpeg75/` copy (variant
-    "cifar10-jpeg75", with a warning). A missing dataset is downloaded by torchvision where the
-    network allows; otherwise a DatasetError names the folder searched and the files expected.
-    `subset=n` keeps the first n images (the files' own order; the JPEG copy's test set, sorted by
-    class there, is put in a fixed shuffled order first).
-    """
-    if name not in DATASETS:
-        raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
-    _expect("train", train, bool, expected="True (training set) or False (test set)")
-    device = _check_device(device)
-    root = data_root(root)
-    if name == "cifar10":
-        x, y, variant = _load_cifar10(train, root)
-    else:
-        (x, y), variant = _load_idx(name, train, root), name
-    if subset is not None:
-        if not (isinstance(subset, int) and subset >= 1):
-            raise ValueError(f"subset must be a positive integer, got {subset!r}")
-        x, y = x[:subset], y[:subset]
-    mean, std = _STATS[name]
-    m = torch.tensor(mean).view(1, -1, 1, 1)
-    s = torch.tensor(std).view(1, -1, 1, 1)
-    x = ((x.to(device).float() / 255.0) - m.to(device)) / s.to(device)
-    return Dataset(name, variant, x, y.to(device), mean, std)
-
-
-def _check_device(device):
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} requested but CUDA is not available")
-    return device
-
-
-# ----------------------------------------------------------------------------------------------
-# 5. Training: Adam, MSE on output spikes (eq. 6), evaluation every epoch, checkpoint/resume
+# 4. Training: Adam, MSE on output spikes (eq. 6), evaluation every epoch, checkpoint/resume
 # ----------------------------------------------------------------------------------------------
 
 
@@ -940,21 +676,8 @@ def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, dev
     bar.close()
     return dict(config=config, data=data_id, dataset_variant=train_ds.variant, history=history,
                 test_accuracy=history[-1]["test_accuracy"] if history else None,
-                torch=torch.__version__, device=device_name(device), device_setup=device_setup(device),
+                torch=torch.__version__, device=device_name(device), device_setup=device_setup(device, FUSED_NEURON),
                 provenance=provenance(), model=net)
-
-
-def _atomic_save(obj, path, keep_previous=False):
-    """torch.save to a temporary file beside `path`, flushed to disk, then renamed over `path` (the
-    file it replaces renamed to `path` + ".prev" first, if `keep_previous`)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    if keep_previous and path.exists():
-        os.replace(path, path.with_name(path.name + ".prev"))
-    os.replace(tmp, path)
 
 
 def _check_train_args(dataset, epochs, T, batch_size, lr, seed, subset, test_subset, data, augment, checkpoint,
@@ -977,32 +700,6 @@ def _check_train_args(dataset, epochs, T, batch_size, lr, seed, subset, test_sub
     if init_rate is not None:
         _positive("init_rate", init_rate)
     _positive("init_output_rate", init_output_rate)
-
-
-def save_checkpoint(state, path):
-    """Write `state` to `path` atomically, keeping the checkpoint it replaces as `path` + ".prev": a
-    kill at any moment leaves at least one complete checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_save(state, path, keep_previous=True)
-
-
-def load_checkpoint(path):
-    """The newest readable checkpoint at `path` (else its ".prev"), loaded onto the CPU; None if
-    neither exists. An unreadable newest one is reported and skipped."""
-    path = Path(path)
-    for candidate in (path, path.with_name(path.name + ".prev")):
-        if not candidate.exists():
-            continue
-        try:
-            return torch.load(candidate, map_location="cpu")
-        except Exception as exc:  # truncated or empty: a kill during a save without os.replace
-            warnings.warn(f"checkpoint {candidate} is unreadable ({type(exc).__name__}: {exc}); "
-                          "trying the previous one", stacklevel=2)
-    return None
-
-
-_IN_SHAPES = {"mnist": (1, 28, 28), "fmnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 
 
 def load_model(path, device="cpu"):
@@ -1040,264 +737,8 @@ def _keyword_defaults(fn):
             if p.default is not p.empty and k != "activation"}
 
 
-class _SweepJob:
-    """One run of a sweep as a picklable callable. On a cluster, submitit calls `checkpoint` when
-    the job is preempted or reaches its time limit: the job is requeued with the same arguments and
-    `train` resumes from the run's own checkpoint (train_sweep's checkpoint_dir)."""
-
-    def __call__(self, job):
-        job = dict(job)
-        if job.get("device") == "auto":  # a cluster job picks the device of the node it runs on
-            job["device"] = pick_device("auto")
-        threads = job.pop("threads")
-        if os.environ.get("SLURM_CPUS_PER_TASK"):  # a Slurm job uses the CPUs it was given
-            threads = int(os.environ["SLURM_CPUS_PER_TASK"])
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            return dict(to_json(train(**job)), checkpoint=job.get("checkpoint"))  # load_model reads it back
-        finally:
-            torch.set_num_threads(before)
-
-    def checkpoint(self, job):
-        from submitit.helpers import DelayedSubmission
-        return DelayedSubmission(self, job)
-
-
-def make_executor(kind="local", folder="runs/submitit", partition=None, timeout_min=240, gpu_type=None, gpus=1,
-                  cpus_per_task=8, **slurm):
-    """The executor `train_sweep` sends its runs to, by name.
-
-    "local": None, i.e. train_sweep's own pool of worker processes. "slurm": every run is its own
-    Slurm job (submitit) on `partition` with `gpus` GPUs (of `gpu_type`, e.g. "a100", when given),
-    `cpus_per_task` CPUs and a time limit of `timeout_min` minutes; a preempted or timed-out job is
-    requeued and resumes from its checkpoint. Further sbatch options go in `slurm` (submitit's
-    SlurmExecutor parameters, e.g. account="lab"). "submitit-local": submitit's LocalExecutor, the
-    same path as "slurm" with subprocesses on this machine (for tests). Job scripts and logs go to
-    `folder`, which must be on a filesystem the nodes share, like the data and checkpoints.
-    """
-    _expect("kind", kind, str, lambda v: v in ("local", "slurm", "submitit-local"),
-            '"local", "slurm" or "submitit-local"')
-    if kind == "local":
-        return None
-    import submitit
-    if kind == "submitit-local":
-        executor = submitit.LocalExecutor(folder=str(folder))
-        executor.update_parameters(timeout_min=timeout_min)
-        return executor
-    _expect("partition", partition, str, expected="the Slurm partition's name")
-    _positive_int("timeout_min", timeout_min)
-    _positive_int("gpus", gpus)
-    _positive_int("cpus_per_task", cpus_per_task)
-    executor = submitit.SlurmExecutor(folder=str(folder), max_num_timeout=20)
-    gpu = dict(gres=f"gpu:{gpu_type}:{gpus}") if gpu_type else dict(gpus_per_node=gpus)
-    executor.update_parameters(partition=partition, time=timeout_min, cpus_per_task=cpus_per_task, ntasks_per_node=1,
-                               nodes=1, signal_delay_s=120, **gpu, **slurm)
-    return executor
-
-
-def train_sweep(configs, processes=2, threads=None, executor=None, checkpoint_dir=None, **common):
-    """Run `train(**common, **config)` for every config and return the results in the order given,
-    without their models (`load_model(result["checkpoint"])` rebuilds one when checkpointed).
-
-    Independent runs share the hardware instead of queueing: by default `processes` worker
-    processes (spawned) each train one run with `threads` CPU threads (default: the machine's
-    threads split between the workers); a worker that dies raises BrokenProcessPool instead of
-    leaving the sweep waiting. processes=1, or any run on CUDA, runs them one after another in this
-    process. `executor`,
-    any concurrent.futures-style executor (`submit(fn, arg)` returning futures; `make_executor`
-    gives a Slurm one), replaces the local pool. With `checkpoint_dir`, every run checkpoints there
-    under a name derived from its configuration and resumes from it when the sweep is run again
-    (or when a cluster requeues its job).
-    """
-    _expect("configs", configs, (list, tuple), lambda v: all(isinstance(c, dict) for c in v), "a list of dicts")
-    _positive_int("processes", processes)
-    if threads is not None:
-        _positive_int("threads", threads)
-    runs = [dict(common, **c) for c in configs]
-    if checkpoint_dir is not None:
-        _expect("checkpoint_dir", checkpoint_dir, (str, os.PathLike), expected="a folder path")
-        runs = [dict(r, checkpoint=str(Path(checkpoint_dir) / f"{_run_name(r)}.pt"), resume=True) for r in runs]
-    if executor is None and any(pick_device(r.get("device", "cpu")).startswith("cuda") for r in runs):
-        processes = 1  # one GPU: the runs queue on it in this process (data loaded once, no worker to lose)
-    threads = threads or max(1, torch.get_num_threads() // processes)
-    jobs = [dict(r, threads=threads, progress=False) for r in runs]
-    if executor is not None:
-        return [future.result() for future in [executor.submit(_SweepJob(), job) for job in jobs]]
-    if processes == 1:
-        return [_SweepJob()(job) for job in jobs]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-    with ProcessPoolExecutor(processes, mp_context=mp.get_context("spawn")) as pool:
-        return list(pool.map(_SweepJob(), jobs))
-
-
-def _run_name(run):
-    """A file name for one run of a sweep: dataset, network and a hash of its whole configuration."""
-    key = json.dumps({k: v for k, v in run.items() if k not in ("data", "progress")}, sort_keys=True, default=str)
-    spec = re.sub(r"[^0-9A-Za-z]+", "_", str(run.get("spec")))
-    return f"{run.get('dataset')}_{spec}_{hashlib.sha1(key.encode()).hexdigest()[:10]}"
-
-
-def device_name(device):
-    """The GPU's name, or "cpu (<model>, <n> threads)" with the threads torch uses now."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({_cpu_model()}, {torch.get_num_threads()} threads)"
-
-
-def _cpu_model():
-    import platform
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
-def provenance():
-    """Which code and software made a result: the git commit (with a flag for uncommitted changes
-    to the code outside notebooks/, figures/ and weights/), the torch version and the CPU model.
-    $MTSNN_COMMIT ("<sha>" or "<sha>-dirty", e.g. `git describe --always --dirty --abbrev=40` where
-    the run is sent from) overrides git: a copy of the tree on a borrowed machine may carry stale git
-    metadata."""
-    import subprocess
-    sent = os.environ.get("MTSNN_COMMIT")
-    if sent:
-        return dict(commit=sent.removesuffix("-dirty"), dirty=sent.endswith("-dirty"), torch=str(torch.__version__),
-                    cpu=_cpu_model(), commit_from="MTSNN_COMMIT")
-    here = Path(__file__).resolve().parent
-    git = lambda *a: subprocess.run(["git", *a], cwd=here, capture_output=True, text=True, timeout=10)
-    try:
-        commit = git("rev-parse", "HEAD").stdout.strip() or None
-        # outputs and notebooks (which carry their own source) do not count: a batch rewrites them as it goes
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!figures", ":!notebooks",
-                         ":!weights").stdout.strip()) if commit else None
-    except (OSError, subprocess.SubprocessError):
-        commit = dirty = None
-    return dict(commit=commit, dirty=dirty, torch=str(torch.__version__), cpu=_cpu_model())
-
-
-def to_json(result):
-    """The result dict without the model, ready for json.dump."""
-    return json.loads(json.dumps({k: v for k, v in result.items() if k != "model"}))
-
-
 # ----------------------------------------------------------------------------------------------
-# 6. Reporting: the rows of the paper's tables, as JSON and as a plot
-# ----------------------------------------------------------------------------------------------
-
-
-def pick_device(device="auto", profile=None):
-    """"auto" -> "cuda" when a GPU is visible, else "cpu"; anything else is checked and returned.
-    The full profile (the paper's settings: CPU weeks for Table 6) refuses to fall back to a CPU:
-    ask for it by name (device="cpu") to run it there anyway."""
-    if device == "auto" and profile == "full" and not torch.cuda.is_available():
-        raise RuntimeError("the full profile found no GPU; it takes days to weeks of CPU time (README, 'On a "
-                           "GPU'). To run it on this CPU anyway, ask for it: DEVICE='cpu' "
-                           "(papermill -p DEVICE cpu, or make PROFILE=full DEVICE=cpu)")
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else str(_check_device(device))
-
-
-# How paper runs use a GPU, chosen once and written into every result (`device_setup`): TF32 for
-# convolutions and matrix products (tensor cores; a rounding of the synaptic input ~1e-3, far below
-# the integer spikes' own granularity; fp32 made the CIFAR-10 step 2.2x slower on an H200), cuDNN's
-# autotuner on (fixed shapes) and restricted to deterministic algorithms (at most +5 % per step there):
-# with the fused neuron, a GPU run is then bit-reproducible on the same card and software.
-# benchmarks/bench_step.py times the alternatives (f2-fp32, f2-nondeterministic).
-CUDA_POLICY = dict(tf32=True, cudnn_benchmark=True, cudnn_deterministic=True)
-
-
-def configure_cuda(tf32=None, cudnn_benchmark=None, cudnn_deterministic=None):
-    """Apply CUDA_POLICY (or the settings given) to this process."""
-    policy = dict(CUDA_POLICY)
-    policy.update({k: v for k, v in dict(tf32=tf32, cudnn_benchmark=cudnn_benchmark,
-                                         cudnn_deterministic=cudnn_deterministic).items() if v is not None})
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = policy["tf32"]
-    torch.backends.cudnn.benchmark = policy["cudnn_benchmark"]
-    torch.backends.cudnn.deterministic = policy["cudnn_deterministic"]
-    return policy
-
-
-def device_setup(device):
-    """What a result's numbers depend on besides the code: the device and, on CUDA, its CUDA, cuDNN
-    and driver versions, the TF32 and cuDNN flags in force and whether the neuron ran fused."""
-    device = torch.device(device)
-    setup = dict(device=device_name(device), torch=str(torch.__version__))
-    if device.type == "cuda":
-        setup.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), driver=_nvidia_driver(),
-                     tf32_matmul=torch.backends.cuda.matmul.allow_tf32, tf32_cudnn=torch.backends.cudnn.allow_tf32,
-                     cudnn_benchmark=torch.backends.cudnn.benchmark,
-                     cudnn_deterministic=torch.backends.cudnn.deterministic, fused_neuron=FUSED_NEURON != "off")
-    return setup
-
-
-def _nvidia_driver():
-    import subprocess
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20).stdout.strip()
-        return out.splitlines()[0] if out else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def result_row(name, results, paper_accuracy=None, **extra):
-    """One table row from the `train` results of several seeds of the same configuration: the last
-    epoch's test accuracy per seed with mean and (n - 1) standard deviation, the best epoch beside
-    it, the silent outputs and ties of the last epoch, and every seed's per-epoch history. A result
-    without a history (a converted network: no training epochs of its own) gives None for those."""
-    cfg = results[0]["config"]
-    acc = [r["test_accuracy"] for r in results]
-    mean = sum(acc) / len(acc)
-    std = math.sqrt(sum((a - mean) ** 2 for a in acc) / (len(acc) - 1)) if len(acc) > 1 else 0.0
-    histories = [r.get("history") or [{}] for r in results]
-    best = [max(h, key=lambda e: e.get("test_accuracy", 0.0)) for h in histories]
-    row = dict(name=name, dataset=results[0]["dataset_variant"], network=cfg["spec"], T=cfg["T"],
-               s_max=cfg.get("s_max", 15), surrogate=cfg.get("surrogate", "f2"), alpha_w=cfg.get("alpha_w", 20.0),
-               epochs=cfg["epochs"], seeds=[r["config"]["seed"] for r in results], reported="last epoch", accuracy=acc,
-               accuracy_mean=mean, accuracy_std=std, accuracy_best=[e.get("test_accuracy") for e in best],
-               best_epoch=[e.get("epoch") for e in best], paper_accuracy=paper_accuracy,
-               silent_outputs=[h[-1].get("silent_outputs") for h in histories],
-               output_tied=[h[-1].get("output_tied") for h in histories],
-               history=[r.get("history") for r in results], config=cfg,
-               run_device=[r.get("device") for r in results])  # each run's own device and threads
-    return {**row, **extra}  # extra fields, e.g. the swept parameter, may also restate a standard one
-
-
-def _device_of(name):
-    """The device a `device_name` string (or a device) stands for."""
-    return "cpu" if str(name).startswith("cpu") else ("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def write_results(notebook, profile, rows, runtime_s, figures_dir, device, **extra):
-    """Write figures/<notebook>.json: where the numbers came from, and one row per result."""
-    path = Path(figures_dir) / f"{notebook}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    doc = dict(notebook=notebook, profile=profile, device=device, device_setup=device_setup(_device_of(device)),
-               torch=torch.__version__,
-               runtime_s=round(runtime_s, 1), provenance=provenance(), rows=rows, **extra)
-    path.write_text(json.dumps(doc, indent=1) + "\n")
-    return path
-
-
-def plot_history(results, ax=None, label=""):
-    """Train (dashed) and test (solid) accuracy per epoch, one colour per run."""
-    import matplotlib.pyplot as plt
-    ax = ax or plt.gca()
-    for r in results:
-        ep = [h["epoch"] for h in r["history"]]
-        line, = ax.plot(ep, [h["test_accuracy"] for h in r["history"]], label=f"{label}seed {r['config']['seed']} test")
-        ax.plot(ep, [h["train_accuracy"] for h in r["history"]], "--", color=line.get_color(), alpha=0.6,
-                label=f"{label}seed {r['config']['seed']} train")
-    ax.set(xlabel="epoch", ylabel="accuracy (%)")
-    ax.grid(alpha=0.3)
-    return ax
-
-
-# ----------------------------------------------------------------------------------------------
-# 7. Energy: synaptic operations of a test pass
+# 5. Energy: synaptic operations of a test pass
 # ----------------------------------------------------------------------------------------------
 E_AC_PJ, E_MAC_PJ = 0.9, 4.6  # 45 nm CMOS, 32-bit float (Horowitz, ISSCC 2014), as commonly used
 
@@ -1345,3 +786,15 @@ def energy_report(net, data, T, batch_size=1000):
     mac_first, mac_ann = layers[0]["mac_ann"], sum(layer["mac_ann"] for layer in layers)
     return dict(layers=layers, ac_total=ac, mac_first_layer=mac_first, mac_ann_total=mac_ann,
                 energy_snn_uj=(ac * E_AC_PJ + mac_first * E_MAC_PJ) * 1e-6, energy_ann_uj=mac_ann * E_MAC_PJ * 1e-6)
+
+
+# Names that moved out of the core (issue 36): asked for here, an AttributeError says where each lives now.
+_MOVED = dict(mtsnn_data="DatasetError data_root _cache_dir _try_download _load_idx _load_cifar10 _cached_decode",
+              mtsnn_runtime="pick_device CUDA_POLICY _cpu_model _nvidia_driver",
+              mtsnn_runs="train_sweep make_executor _SweepJob _run_name to_json result_row write_results plot_history")
+
+
+def __getattr__(name):
+    module = next((m for m, names in _MOVED.items() if name in names.split()), None)
+    raise AttributeError(f"mtsnn_core.{name} moved to {module}.{name} (import {module})" if module else
+                         f"module 'mtsnn_core' has no attribute {name!r}")

@@ -3,7 +3,7 @@
 Each table notebook tells its table's story by calling these in order:
 
 1. `TABLES` and `settings`: the table's network, the paper's numbers, and what each profile runs
-2. `train_seeds`: one `mt.train` per seed through `mt.train_sweep` (local worker processes, or one
+2. `train_seeds`: one `mt.train` per seed through `mr.train_sweep` (local worker processes, or one
    Slurm job per seed), each seed's model reloaded from its checkpoint; `load_pretrained`: the
    stored weights of the table's full-profile run instead, evaluated again in seconds
 3. `relu_twin`: the same network with ReLU, trained on the same images for the same epochs
@@ -22,6 +22,10 @@ import torch
 
 import mtsnn_convert as mc
 import mtsnn_core as mt
+import mtsnn_data as md
+import mtsnn_runs as mr
+import mtsnn_runtime as rt
+from mtsnn_base import _expect, _positive_int
 
 ROOT = Path(__file__).resolve().parent
 WEIGHTS_DIR, STORED_DIR = ROOT / "weights", ROOT / "figures"  # the stored runs: weights, and their JSON
@@ -71,12 +75,12 @@ def settings(stem, profile, epochs=None, seeds=None):
     """What `profile` runs for the table of notebook `stem`: "full" is Table 1 (the paper's network,
     all images, 200 epochs, seeds 0-4), "quick" the table's CPU-minutes profile (3 seeds, all test
     images), "test" a seconds-long check of the cells. `epochs`/`seeds` override the profile's."""
-    mt._expect("stem", stem, str, lambda v: v in TABLES, f"one of {tuple(TABLES)}")
-    mt._expect("profile", profile, str, lambda v: v in PROFILES, f"one of {PROFILES}")
+    _expect("stem", stem, str, lambda v: v in TABLES, f"one of {tuple(TABLES)}")
+    _expect("profile", profile, str, lambda v: v in PROFILES, f"one of {PROFILES}")
     if epochs is not None:
-        mt._positive_int("epochs", epochs)
+        _positive_int("epochs", epochs)
     if seeds is not None:
-        mt._expect("seeds", seeds, (list, tuple), lambda v: len(v) > 0 and all(
+        _expect("seeds", seeds, (list, tuple), lambda v: len(v) > 0 and all(
             isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v), "a non-empty list of integers >= 0")
     table = TABLES[stem]
     full = dict(spec=table.paper_spec, subset=None, test_subset=None, epochs=PAPER_EPOCHS, seeds=PAPER_SEEDS,
@@ -91,15 +95,15 @@ def settings(stem, profile, epochs=None, seeds=None):
 
 def train_seeds(s, device, executor="local", cluster=None, checkpoint_dir=None, processes=2, threads=None):
     """Train the table's network once per seed of settings `s` with Table 1's neuron, side by side
-    (`mt.train_sweep`: `processes` local worker processes of `threads` threads, or one Slurm job per
-    seed with `executor="slurm"` and `cluster` the `mt.make_executor` arguments); each run reads the
+    (`mr.train_sweep`: `processes` local worker processes of `threads` threads, or one Slurm job per
+    seed with `executor="slurm"` and `cluster` the `mr.make_executor` arguments); each run reads the
     data itself. Every seed checkpoints in `checkpoint_dir` (a temporary folder if None) and resumes
     from it; each result gets its `model` back from there."""
     checkpoint_dir = checkpoint_dir or tempfile.mkdtemp(prefix=f"{s['stem']}_")
     common = dict(spec=s["spec"], dataset=s["dataset"], epochs=s["epochs"], batch_size=s["batch_size"], lr=s["lr"],
                   subset=s["subset"], test_subset=s["test_subset"], device=device, **mt.TABLE1)
-    results = mt.train_sweep([dict(seed=seed) for seed in s["seeds"]], processes=processes, threads=threads,
-                             checkpoint_dir=checkpoint_dir, executor=mt.make_executor(executor, **(cluster or {})),
+    results = mr.train_sweep([dict(seed=seed) for seed in s["seeds"]], processes=processes, threads=threads,
+                             checkpoint_dir=checkpoint_dir, executor=mr.make_executor(executor, **(cluster or {})),
                              **common)
     return [dict(r, model=mt.load_model(r["checkpoint"], device)) for r in results]
 
@@ -109,7 +113,7 @@ def weights_path(stem, seed):
 
 
 def _stored_row(stem):
-    mt._expect("stem", stem, str, lambda v: v in TABLES, f"one of {tuple(TABLES)}")
+    _expect("stem", stem, str, lambda v: v in TABLES, f"one of {tuple(TABLES)}")
     return json.loads((STORED_DIR / f"{stem}.json").read_text())["rows"][0]
 
 
@@ -128,14 +132,14 @@ def load_pretrained(stem, test_ds):
     the stored accuracy exactly. Returns (results as `train_seeds` gives them, twin accuracy,
     twin history or None)."""
     row = _stored_row(stem)
-    mt._expect("test_ds", test_ds, mt.Dataset, expected="the test Dataset (from mt.load_dataset)")
+    _expect("test_ds", test_ds, md.Dataset, expected="the test Dataset (from md.load_dataset)")
     missing = [str(weights_path(stem, seed)) for seed in row["seeds"] if not weights_path(stem, seed).exists()]
     if missing:
         raise FileNotFoundError(f"no stored weights for {stem}: {', '.join(missing)} missing (weights/ holds the "
                                 "MNIST and FashionMNIST table runs; train with PRETRAINED = False instead)")
     results = []
     for seed, stored in zip(row["seeds"], row["accuracy"]):
-        state = mt.load_checkpoint(weights_path(stem, seed))
+        state = rt.load_checkpoint(weights_path(stem, seed))
         net = mt.load_model(weights_path(stem, seed), test_ds.x.device)
         accuracy = mt.evaluate(net, test_ds, state["config"]["T"])["accuracy"]
         if accuracy != stored:
@@ -235,10 +239,10 @@ def plot_firing(s, results, path):
 
 
 def table_row(s, results, twin_accuracy, twin_history, train_ds, test_ds):
-    """The JSON row of our result (`mt.result_row`), with the settings and the twin beside it."""
+    """The JSON row of our result (`mr.result_row`), with the settings and the twin beside it."""
     table = TABLES[s["stem"]]
     name = "multi-threshold SNN (ours)" + ("" if s["spec"] == table.paper_spec else ", narrower quick network")
-    return mt.result_row(name, results, paper_accuracy=table.paper_accuracy, table=table.table, profile=s["profile"],
+    return mr.result_row(name, results, paper_accuracy=table.paper_accuracy, table=table.table, profile=s["profile"],
                          hardware=results[0]["device"], train_images=len(train_ds), test_images=len(test_ds),
                          relu_twin_accuracy=twin_accuracy, relu_twin_history=twin_history,
                          paper_network=table.paper_spec, paper_best=table.paper_best)
@@ -600,8 +604,8 @@ def ablation_settings(stem, profile):
     images, Table 1's rate, the figure's epochs, seeds 0-2), "quick" the CPU-sized one
     (QUICK_ABLATION_SPEC at QUICK_ABLATION_LR, part of the images, one epoch, 5 000 test images,
     seeds 0-2), "test" a seconds-long check."""
-    mt._expect("stem", stem, str, lambda v: v in ABLATIONS, f"one of {tuple(ABLATIONS)}")
-    mt._expect("profile", profile, str, lambda v: v in PROFILES, f"one of {PROFILES}")
+    _expect("stem", stem, str, lambda v: v in ABLATIONS, f"one of {tuple(ABLATIONS)}")
+    _expect("profile", profile, str, lambda v: v in PROFILES, f"one of {PROFILES}")
     a = ABLATIONS[stem]
     quick = dict(spec=QUICK_ABLATION_SPEC, lr=QUICK_ABLATION_LR, subset=a.quick_subset, test_subset=5_000, epochs=1,
                  seeds=[0, 1, 2])
@@ -614,14 +618,14 @@ def ablation_settings(stem, profile):
 
 
 def run_ablation(s, device, executor="local", cluster=None, checkpoint_dir=None):
-    """Train every point of the sweep `s` with every seed (`mt.train_sweep`; the costliest runs
+    """Train every point of the sweep `s` with every seed (`mr.train_sweep`; the costliest runs
     first, so that the two local workers finish together). Returns the results, and a table of
     the last epoch's test and training accuracy per point and seed."""
     configs = [{s["key"]: p, "seed": seed} for p in s["points"] for seed in s["seeds"]]
     cost = lambda c: c.get("T", s["fixed"]["T"])  # a run costs about T times one at T = 1
     order = sorted(range(len(configs)), key=lambda i: -cost(configs[i]))
     fixed = {k: v for k, v in s["fixed"].items() if k != s["key"]}
-    runs = mt.train_sweep([configs[i] for i in order], executor=mt.make_executor(executor, **(cluster or {})),
+    runs = mr.train_sweep([configs[i] for i in order], executor=mr.make_executor(executor, **(cluster or {})),
                           checkpoint_dir=checkpoint_dir, spec=s["spec"], dataset=s["dataset"], epochs=s["epochs"],
                           lr=s["lr"], subset=s["subset"], test_subset=s["test_subset"], batch_size=s["batch_size"],
                           device=device if executor == "local" else "auto", **fixed)
@@ -637,17 +641,17 @@ def ablation_twin(s, device, checkpoint_dir=None):
     """`relu_twin` of the sweep `s`: the ReLU network of the same shape, trained on the same images
     for the same epochs (first seed) and tested on the same test images; every point is held
     against it. Returns its accuracy and history."""
-    train_ds = mt.load_dataset(s["dataset"], True, device=device, subset=s["subset"])
-    test_ds = mt.load_dataset(s["dataset"], False, device=device, subset=s["test_subset"])
+    train_ds = md.load_dataset(s["dataset"], True, device=device, subset=s["subset"])
+    test_ds = md.load_dataset(s["dataset"], False, device=device, subset=s["test_subset"])
     return relu_twin(s, train_ds, test_ds, checkpoint_dir)
 
 
 def ablation_rows(s, results, hardware, twin_accuracy):
-    """One JSON row per point (`mt.result_row` over its seeds), each with the ReLU twin's accuracy."""
+    """One JSON row per point (`mr.result_row` over its seeds), each with the ReLU twin's accuracy."""
     by_point = {}
     for r in results:
         by_point.setdefault(r["config"][s["key"]], []).append(r)
-    return [mt.result_row(f"{s['key']} {p}", by_point[p], profile=s["profile"], hardware=hardware, swept=s["key"],
+    return [mr.result_row(f"{s['key']} {p}", by_point[p], profile=s["profile"], hardware=hardware, swept=s["key"],
                           subset=s["subset"], relu_twin_accuracy=twin_accuracy) for p in s["points"]]
 
 

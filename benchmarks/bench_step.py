@@ -16,7 +16,7 @@ after each Conv/Linear layer changes:
     f2-bf16        (CUDA only, unless asked for with --variants) f2 under bf16 autocast, the neuron
                    and the loss in fp32
     f2-plain       (CUDA only) f2 with the plain PyTorch neuron (MTSNN_FUSED=off), not the Triton kernels
-    f2-fp32, relu-T1-fp32   (CUDA only) without TF32 (mt.CUDA_POLICY turns it on for paper runs)
+    f2-fp32, relu-T1-fp32   (CUDA only) without TF32 (rt.CUDA_POLICY turns it on for paper runs)
     f2-nondeterministic     (CUDA only) without cuDNN's deterministic algorithms
 
 Per net, all variants are built, warmed up (3 steps each), then timed interleaved: N rounds of
@@ -71,6 +71,7 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import mtsnn_core as mt  # noqa: E402
+import mtsnn_runtime as rt  # noqa: E402
 
 T_STEPS = 2
 # CPU: the neuron costs at most ~10% over the T x ANN floor, and no more than SpikingJelly's LIF.
@@ -86,7 +87,7 @@ NETS = [(alias, mt.PAPER_NETWORKS[table][1], (3, 32, 32) if table == "Table 6" e
 VARIANTS = ["f1", "f2", "f3", "smax1-f2", "relu-T1", "spikingjelly", "snntorch"]
 # CUDA only: f2 under bf16 autocast (neuron and loss stay fp32), f2 with the plain PyTorch neuron
 # instead of the fused Triton one, f2 and the ANN without TF32 (CUDA_POLICY's alternative), and f2
-# without cuDNN's deterministic algorithms (mt.CUDA_POLICY's alternatives).
+# without cuDNN's deterministic algorithms (rt.CUDA_POLICY's alternatives).
 CUDA_ONLY = ["f2-bf16", "f2-plain", "f2-fp32", "relu-T1-fp32", "f2-nondeterministic"]
 
 # Peer neurons: our dynamics where the libraries allow: h = (1 - 1/tau) u + x with tau = 10
@@ -222,7 +223,7 @@ class Cell:
         """Set the process-wide switches (neuron path, TF32, cuDNN) to this variant's."""
         mt.FUSED_NEURON = self.fused
         if self.device.type == "cuda":
-            mt.configure_cuda(**self.policy)
+            rt.configure_cuda(**self.policy)
 
     def saved_mb(self):
         self.switch()
@@ -325,7 +326,7 @@ def main(argv=None):
                    help="JSON path (default figures/bench_step.json; figures/bench_step.quick.json with --quick)")
     args = p.parse_args(argv)
 
-    device = torch.device(mt.pick_device(args.device))
+    device = torch.device(rt.pick_device(args.device))
     if device.type == "cpu":  # as mt.train does, for every variant alike: denormals cost 10-100x on x86
         torch.set_flush_denormal(True)
     if args.sj_backend == "torch":
@@ -352,7 +353,7 @@ def main(argv=None):
             versions[lib] = version(lib)
         except Exception:
             versions[lib] = None
-    print(f"device: {mt.device_name(device)}  torch {torch.__version__}  spikingjelly {versions['spikingjelly']}  "
+    print(f"device: {rt.device_name(device)}  torch {torch.__version__}  spikingjelly {versions['spikingjelly']}  "
           f"snntorch {versions['snntorch']}  T={T_STEPS}  batch {args.batch} (CIFAR-10 net {cifar_batch})"
           f"{'  [quick]' if args.quick else ''}", flush=True)
 
@@ -409,8 +410,9 @@ def main(argv=None):
     keys = ("net", "variant", "batch", "T", "median_ms", "ratio_relu", "ratio_spikingjelly", "saved_mb", "peak_mb",
             "min_ms", "n_steps", "error")
     if cuda:
-        mt.configure_cuda()  # the policy, not the last variant's switches, is what device_setup records
-    doc = dict(device=mt.device_name(device), device_setup=mt.device_setup(device), cuda_policy=mt.CUDA_POLICY,
+        rt.configure_cuda()  # the policy, not the last variant's switches, is what device_setup records
+    doc = dict(device=rt.device_name(device), device_setup=rt.device_setup(device, mt.FUSED_NEURON),
+               cuda_policy=rt.CUDA_POLICY,
                torch=torch.__version__, profile=device.type, quick=args.quick,
                batch=args.batch, cifar_batch=cifar_batch, T=T_STEPS, versions=versions,
                spikingjelly_backend=args.sj_backend, channels_last=bool(cuda and args.channels_last),

@@ -19,9 +19,10 @@ import torch
 import torch.nn as nn
 
 import mtsnn_convert as mc
-import mtsnn_core as mt
+import mtsnn_data as md
+import mtsnn_runtime as rt
 
-DATA = mt.data_root()
+DATA = md.data_root()
 needs_mnist = pytest.mark.skipif(not (DATA / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").exists(),
                                  reason=f"MNIST not under {DATA} (set MTSNN_DATA)")
 
@@ -136,8 +137,8 @@ def test_spike_pool_emits_the_max_count():
 
 @needs_mnist
 def test_conversion_reproduces_the_ann_as_T_grows():
-    train = mt.load_dataset("mnist", True, subset=2000)
-    test = mt.load_dataset("mnist", False, subset=300)
+    train = md.load_dataset("mnist", True, subset=2000)
+    test = md.load_dataset("mnist", False, subset=300)
     ann, acc, _ = mc.train_ann("4C5-P2-32", train, test, epochs=2, lr=3e-3)
     assert acc > 70
     snn = mc.convert(ann, train.x[:500], percentile=100.0)
@@ -153,7 +154,7 @@ def test_conversion_reproduces_the_ann_as_T_grows():
 def test_train_ann_resumes_from_its_checkpoint(tmp_path):
     """An ANN run stopped after one epoch and resumed from its checkpoint ends with the weights and
     history of an uninterrupted run; a checkpoint of another run is refused."""
-    data = (mt.load_dataset("mnist", True, subset=256), mt.load_dataset("mnist", False, subset=128))
+    data = (md.load_dataset("mnist", True, subset=256), md.load_dataset("mnist", False, subset=128))
     whole, acc, hist = mc.train_ann("784-32-10", *data, epochs=2)
     ckpt = tmp_path / "ann.pt"
     mc.train_ann("784-32-10", *data, epochs=1, checkpoint=ckpt)
@@ -161,7 +162,7 @@ def test_train_ann_resumes_from_its_checkpoint(tmp_path):
     for a, b in zip(whole.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
     assert (acc2, [h["loss"] for h in hist2]) == (acc, [h["loss"] for h in hist])
-    assert [h["device"] for h in hist2] == [mt.device_name("cpu")] * 2
+    assert [h["device"] for h in hist2] == [rt.device_name("cpu")] * 2
     with pytest.raises(ValueError, match="holds another ANN run"):
         mc.train_ann("784-32-10", *data, epochs=2, lr=2e-3, checkpoint=ckpt)
 
@@ -170,14 +171,14 @@ def test_train_ann_resumes_from_its_checkpoint(tmp_path):
 def test_train_ann_with_sgd_and_a_cosine_schedule_resumes_in_chunks(tmp_path):
     """SGD + weight decay + cosine schedule: trained in two chunks from a checkpoint, the same
     weights as in one go; the schedule reaches 0 at `cosine_epochs`; the options enter the config."""
-    data = (mt.load_dataset("mnist", True, subset=256), mt.load_dataset("mnist", False, subset=128))
+    data = (md.load_dataset("mnist", True, subset=256), md.load_dataset("mnist", False, subset=128))
     kw = dict(optimizer="sgd", lr=0.05, weight_decay=5e-4, cosine_epochs=3)
     whole, acc, _ = mc.train_ann("784-32-10", *data, epochs=3, **kw)
     ckpt = tmp_path / "sgd.pt"
     mc.train_ann("784-32-10", *data, epochs=1, checkpoint=ckpt, **kw)
     resumed, acc2, _ = mc.train_ann("784-32-10", *data, epochs=3, checkpoint=ckpt, **kw)
     assert all(torch.equal(a, b) for a, b in zip(whole.parameters(), resumed.parameters())) and acc == acc2
-    state = mt.load_checkpoint(ckpt)
+    state = rt.load_checkpoint(ckpt)
     assert state["config"]["optimizer"] == "sgd" and state["config"]["cosine_epochs"] == 3
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.05 * 0.5 * (1 + math.cos(math.pi * 2 / 3)))
     with pytest.raises(ValueError, match="optimizer"):
@@ -251,14 +252,14 @@ def test_paired_se_is_the_standard_error_of_the_per_image_difference():
 def test_train_ann_stops_before_an_epoch_that_would_overrun_and_resumes(tmp_path, extra):
     """Also with cutout and bfloat16: the cutout centres are drawn per epoch, so a resumed run is
     the same run."""
-    data = (mt.load_dataset("mnist", True, subset=256), mt.load_dataset("mnist", False, subset=128))
+    data = (md.load_dataset("mnist", True, subset=256), md.load_dataset("mnist", False, subset=128))
     whole, _, _ = mc.train_ann("784-32-10", *data, epochs=3, **extra)
     ckpt = tmp_path / "ann.pt"
     _, _, hist = mc.train_ann("784-32-10", *data, epochs=3, checkpoint=ckpt, stop_at=0.0, **extra)
     assert len(hist) == 1  # the first epoch always runs; the second would end after stop_at
     resumed, _, hist = mc.train_ann("784-32-10", *data, epochs=3, checkpoint=ckpt, **extra)
     assert len(hist) == 3 and all(torch.equal(a, b) for a, b in zip(whole.parameters(), resumed.parameters()))
-    assert {k: mt.load_checkpoint(ckpt)["config"].get(k) for k in extra} == extra
+    assert {k: rt.load_checkpoint(ckpt)["config"].get(k) for k in extra} == extra
     if extra:  # a different run from the plain recipe's
         plain, _, _ = mc.train_ann("784-32-10", *data, epochs=3)
         assert not torch.equal(next(plain.parameters()), next(whole.parameters()))
@@ -269,7 +270,7 @@ def test_distillation_starts_from_init_follows_the_teacher_and_resumes(tmp_path)
     """`init` is where training starts (lr 0 keeps it); with distill_weight 1 the labels do not
     matter and the network comes to agree with its teacher; a distilled run resumes to the same
     network and refuses another teacher's checkpoint."""
-    train, test = mt.load_dataset("mnist", True, subset=2000), mt.load_dataset("mnist", False, subset=256)
+    train, test = md.load_dataset("mnist", True, subset=2000), md.load_dataset("mnist", False, subset=256)
     teacher, _, _ = mc.train_ann("784-32-10", train, test, epochs=3, seed=1)
     weak, _, _ = mc.train_ann("784-32-10", train, test, epochs=1, seed=2, lr=1e-4)
     ensemble = mc.Ensemble([teacher, weak])
@@ -302,7 +303,7 @@ def test_distillation_starts_from_init_follows_the_teacher_and_resumes(tmp_path)
 def test_the_distillation_teacher_predicts_with_its_running_statistics():
     """Training puts the student in train mode, never the teacher: its batch norms neither use
     the batch's statistics nor update their running ones."""
-    train, test = mt.load_dataset("mnist", True, subset=256), mt.load_dataset("mnist", False, subset=64)
+    train, test = md.load_dataset("mnist", True, subset=256), md.load_dataset("mnist", False, subset=64)
     torch.manual_seed(0)
     teacher = mc.VGG(1, (4, 8), 1).eval()
     before = copy.deepcopy(teacher.state_dict())
@@ -319,7 +320,7 @@ def test_weight_averaging_averages_the_epochs_and_recomputes_batch_norm(tmp_path
     """With `average`, the network returned is the mean of the weights after each epoch of the
     same (constant learning rate) run, with batch-norm statistics recomputed for it; the iterate
     is checkpointed beside it, so a stopped run resumes to the same average."""
-    train, test = mt.load_dataset("mnist", True, subset=256), mt.load_dataset("mnist", False, subset=64)
+    train, test = md.load_dataset("mnist", True, subset=256), md.load_dataset("mnist", False, subset=64)
 
     def vgg():
         torch.manual_seed(0)
@@ -340,7 +341,7 @@ def test_weight_averaging_averages_the_epochs_and_recomputes_batch_norm(tmp_path
     resumed, _, hist = mc.train_ann(vgg(), train, test, checkpoint=ckpt, **run)
     assert len(hist) == 2 and all(torch.equal(a, b) for a, b in zip(mean.state_dict().values(),
                                                                       resumed.state_dict().values()))
-    state = mt.load_checkpoint(ckpt)
+    state = rt.load_checkpoint(ckpt)
     assert all(torch.equal(a, b) for a, b in zip(state["iterate"].values(), second.state_dict().values()))
 
 

@@ -18,9 +18,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mtsnn_core as mt
+import mtsnn_data as md
+import mtsnn_runs as mr
+import mtsnn_runtime as rt
 
 HYPO = settings(max_examples=60, deadline=None, derandomize=True, database=None)
-DATA = mt.data_root()
+DATA = md.data_root()
 HAS_MNIST = (DATA / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").exists()
 HAS_FMNIST = (DATA / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte").exists()
 HAS_CIFAR = (DATA / "cifar-10-jpeg75" / "test.tar").exists() or (DATA / "cifar-10-batches-py").exists()
@@ -420,7 +423,7 @@ def test_build_net_neuron_kwargs_reach_every_neuron():
 
 @pytest.fixture(scope="module")
 def mnist_test64():
-    return mt.load_dataset("mnist", False, subset=64)
+    return md.load_dataset("mnist", False, subset=64)
 
 
 @pytest.fixture(scope="module")
@@ -435,7 +438,7 @@ def cifar_cache(tmp_path_factory):
 def cifar_test64(cifar_cache):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        data = mt.load_dataset("cifar10", False, subset=64)
+        data = md.load_dataset("cifar10", False, subset=64)
     if data.variant == "cifar10-jpeg75":  # the lossy copy is never used silently
         assert any("JPEG" in str(w.message) for w in caught)
     return data
@@ -488,7 +491,7 @@ COUNTS = {"mnist": ([5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 @pytest.mark.parametrize("name", [pytest.param("mnist", marks=needs_mnist), pytest.param("fmnist", marks=needs_fmnist)])
 def test_load_idx_dataset_normalised_with_right_labels(name):
     """Normalised float images (train mean ~0, std ~1), int labels 0..9, 60000/10000 with canonical class counts."""
-    train, test = mt.load_dataset(name, True), mt.load_dataset(name, False)
+    train, test = md.load_dataset(name, True), md.load_dataset(name, False)
     train_counts, test_counts, first = COUNTS[name]
     assert train.x.shape == (60000, 1, 28, 28) and test.x.shape == (10000, 1, 28, 28)
     assert train.x.dtype == torch.float32 and train.y.dtype == torch.int64
@@ -499,7 +502,7 @@ def test_load_idx_dataset_normalised_with_right_labels(name):
     assert train.y[:10].tolist() == first
     pixels = train.x[:100] * train.std[0] + train.mean[0]  # back to [0, 1]: 0 and 1 both present
     assert pixels.min().item() == pytest.approx(0, abs=1e-6) and pixels.max().item() == pytest.approx(1, abs=1e-6)
-    assert len(mt.load_dataset(name, False, subset=300)) == 300
+    assert len(md.load_dataset(name, False, subset=300)) == 300
 
 
 def _shifted_copies(img, max_shift, background):
@@ -548,7 +551,7 @@ def test_augment_cifar_crop_and_flip(cifar_test64):
 @pytest.mark.filterwarnings("ignore:CIFAR-10. using the lossy JPEG")
 def test_cifar_cache_gives_same_tensors(cifar_test64):
     """The decoded CIFAR-10 copy cached on first use loads back identical."""
-    again = mt.load_dataset("cifar10", False, subset=64)
+    again = md.load_dataset("cifar10", False, subset=64)
     assert torch.equal(again.x, cifar_test64.x) and torch.equal(again.y, cifar_test64.y)
 
 
@@ -559,18 +562,18 @@ def test_cifar_cache_is_checked_and_decoded_once(cifar_test64):
     import os
     import subprocess
     import sys
-    cache = next(mt._cache_dir().glob("cifar10-jpeg75-test-*.pt"))
+    cache = next(md._cache_dir().glob("cifar10-jpeg75-test-*.pt"))
     cache.write_bytes(cache.read_bytes()[:1000])
     with pytest.warns(UserWarning, match="checksum"):
-        again = mt.load_dataset("cifar10", False, subset=64)
+        again = md.load_dataset("cifar10", False, subset=64)
     assert torch.equal(again.x, cifar_test64.x)
     cache.unlink()
-    load = "import mtsnn_core as mt, warnings; warnings.simplefilter('ignore'); mt.load_dataset('cifar10', False)"
+    load = "import mtsnn_data as md, warnings; warnings.simplefilter('ignore'); md.load_dataset('cifar10', False)"
     procs = [subprocess.Popen([sys.executable, "-c", load], env=dict(os.environ), stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     assert all(p.wait() == 0 for p in procs), [p.stderr.read()[-1000:] for p in procs]
-    assert mt.load_dataset("cifar10", False, subset=64).x.equal(cifar_test64.x)
-    assert not list(mt._cache_dir().glob("*.tmp"))
+    assert md.load_dataset("cifar10", False, subset=64).x.equal(cifar_test64.x)
+    assert not list(md._cache_dir().glob("*.tmp"))
 
 
 @needs_mnist
@@ -585,18 +588,18 @@ def test_checksum_failure_names_the_file(tmp_path):
     data = bytearray(bad.read_bytes())
     data[1000] ^= 0x01
     bad.write_bytes(bytes(data))
-    with pytest.raises(mt.DatasetError, match="t10k-labels-idx1-ubyte"):
-        mt.load_dataset("mnist", False, root=tmp_path)
-    assert len(mt.load_dataset("mnist", True, root=tmp_path, subset=10)) == 10
+    with pytest.raises(md.DatasetError, match="t10k-labels-idx1-ubyte"):
+        md.load_dataset("mnist", False, root=tmp_path)
+    assert len(md.load_dataset("mnist", True, root=tmp_path, subset=10)) == 10
 
 
 @pytest.mark.parametrize("name,folder", [("mnist", "MNIST/raw"), ("fmnist", "FashionMNIST/raw"), ("cifar10", "")])
 def test_missing_dataset_names_folder(name, folder, tmp_path, monkeypatch):
     """No files and no network: DatasetError naming the folder searched (no download attempted for real)."""
     calls = []
-    monkeypatch.setattr(mt, "_try_download", lambda *a: calls.append(a) or False)
-    with pytest.raises(mt.DatasetError) as err:
-        mt.load_dataset(name, False, root=tmp_path)
+    monkeypatch.setattr(md, "_try_download", lambda *a: calls.append(a) or False)
+    with pytest.raises(md.DatasetError) as err:
+        md.load_dataset(name, False, root=tmp_path)
     assert str((tmp_path / folder).resolve()) in str(err.value)
     assert calls  # it tried (the monkeypatched) download before giving up
 
@@ -632,7 +635,7 @@ def test_evaluate_counts_silent_neurons_and_tied_outputs():
     after the step (residuals (5, 8, 2) and (5, 7, 0)): class 1 both times, the right one; read
     as the lowest index they would both be class 0."""
     x = torch.tensor([[25.0, 5.0, 0.0], [5.0, 8.0, 2.0], [15.0, 17.0, 0.0]])
-    data = mt.Dataset("mnist", "mnist", x, torch.tensor([0, 1, 1]))
+    data = md.Dataset("mnist", "mnist", x, torch.tensor([0, 1, 1]))
     e = mt.evaluate(_identity_net(), data, T=1)
     assert e["accuracy"] == 100.0 and e["accuracy_ties_to_lowest"] == pytest.approx(100 / 3)
     assert e["silent_fraction"] == [pytest.approx(1 / 3)]
@@ -645,7 +648,7 @@ def test_evaluate_counts_silent_neurons_and_tied_outputs():
 def test_evaluate_silent_fraction_counts_every_unit_across_batches():
     """A neuron counts as silent only if it fired on no image of any batch, at no step."""
     x = torch.tensor([[15.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 12.0, 0.0]])
-    data = mt.Dataset("mnist", "mnist", x, torch.tensor([0, 0, 1]))
+    data = md.Dataset("mnist", "mnist", x, torch.tensor([0, 0, 1]))
     e = mt.evaluate(_identity_net(), data, T=2, batch_size=1)
     assert e["silent_outputs"] == [2] and e["silent_fraction"] == [pytest.approx(1 / 3)]
     assert e["output_silent"] == pytest.approx(1 / 3) and e["output_tied"] == pytest.approx(1 / 3)
@@ -679,7 +682,7 @@ def test_predict_needs_the_forward_pass_of_its_spikes():
 
 @pytest.fixture(scope="module")
 def mnist_512():
-    return mt.load_dataset("mnist", True, subset=512), mt.load_dataset("mnist", False, subset=512)
+    return md.load_dataset("mnist", True, subset=512), md.load_dataset("mnist", False, subset=512)
 
 
 @needs_mnist
@@ -699,13 +702,13 @@ def test_resume_equals_uninterrupted(mnist_512, tmp_path):
 def test_checkpoint_falls_back_to_the_previous_one(tmp_path):
     """save_checkpoint keeps the one it replaces; a truncated newest file is reported and skipped."""
     path = tmp_path / "c.pt"
-    mt.save_checkpoint({"epoch": 1}, path)
-    mt.save_checkpoint({"epoch": 2}, path)
-    assert mt.load_checkpoint(path) == {"epoch": 2} and not (tmp_path / "c.pt.tmp").exists()
+    rt.save_checkpoint({"epoch": 1}, path)
+    rt.save_checkpoint({"epoch": 2}, path)
+    assert rt.load_checkpoint(path) == {"epoch": 2} and not (tmp_path / "c.pt.tmp").exists()
     path.write_bytes(path.read_bytes()[:100])  # what a kill during a plain torch.save would leave
     with pytest.warns(UserWarning, match="unreadable"):
-        assert mt.load_checkpoint(path) == {"epoch": 1}
-    assert mt.load_checkpoint(tmp_path / "none.pt") is None
+        assert rt.load_checkpoint(path) == {"epoch": 1}
+    assert rt.load_checkpoint(tmp_path / "none.pt") is None
 
 
 @needs_mnist
@@ -729,7 +732,7 @@ def test_a_run_killed_while_saving_resumes(tmp_path):
             break
     child.wait()
     assert killed_in_save, "the run ended before a save could be interrupted"
-    state = mt.load_checkpoint(ckpt)
+    state = rt.load_checkpoint(ckpt)
     done = len(state["history"])
     assert done >= 1
     finished = subprocess.run([sys.executable, "-c", call.format(done + 1)], capture_output=True, text=True)
@@ -743,7 +746,7 @@ def test_resume_refuses_more_epochs_than_asked_and_other_data(mnist_512, tmp_pat
     mt.train("784-800-10", "mnist", epochs=2, data=mnist_512, **kw)
     with pytest.raises(ValueError, match="holds 2 epochs"):
         mt.train("784-800-10", "mnist", epochs=1, data=mnist_512, **kw)
-    other = (mt.load_dataset("fmnist", True, subset=512), mt.load_dataset("fmnist", False, subset=512))
+    other = (md.load_dataset("fmnist", True, subset=512), md.load_dataset("fmnist", False, subset=512))
     with pytest.raises(ValueError, match="other data"):
         mt.train("784-800-10", "mnist", epochs=3, data=other, **kw)
     spelt_out = mt.train("784-800-10", "mnist", epochs=2, data=mnist_512, s_max=15, **kw)  # a default, spelt out
@@ -776,7 +779,7 @@ def test_paper_cnn_learns_with_every_output_alive():
     Table 1 settings and the core's defaults: measured 90.65 % on 2 000 test images (seed 1: 92.55
     %), every output neuron firing; the previous initialisation (init_mean="all", init_gain=1,
     init_rate=None) gives 62.9 % with output neurons 2, 4 and 6 silent. About 15 s on 2 threads."""
-    data = mt.load_dataset("mnist", True, subset=15_000), mt.load_dataset("mnist", False, subset=2000)
+    data = md.load_dataset("mnist", True, subset=15_000), md.load_dataset("mnist", False, subset=2000)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a silent output neuron's warning fails the test
         r = mt.train("15C5-P2-40C5-P2-300", "mnist", epochs=1, data=data, progress=False, seed=0)
@@ -813,15 +816,15 @@ def test_sweep_paths_agree_and_resume(tmp_path):
     configs = [dict(lr=0.005), dict(lr=0.002)]
     common = dict(spec="784-800-10", dataset="mnist", epochs=1, subset=256, test_subset=256, threads=1)
     acc = lambda rows: [[h["test_accuracy"] for h in r["history"]] for r in rows]
-    here = mt.train_sweep(configs, processes=1, **common)
-    pooled = mt.train_sweep(configs, processes=2, **common)
+    here = mr.train_sweep(configs, processes=1, **common)
+    pooled = mr.train_sweep(configs, processes=2, **common)
     with concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as ex:
-        executed = mt.train_sweep(configs, executor=ex, **common)
+        executed = mr.train_sweep(configs, executor=ex, **common)
     assert acc(here) == acc(pooled) == acc(executed)
     assert [r["history"][0]["loss"] for r in here] == [r["history"][0]["loss"] for r in executed]
-    first = mt.train_sweep(configs, processes=1, checkpoint_dir=tmp_path, **common)
+    first = mr.train_sweep(configs, processes=1, checkpoint_dir=tmp_path, **common)
     assert len(list(tmp_path.glob("mnist_784_800_10_*.pt"))) == 2
-    again = mt.train_sweep(configs, processes=1, checkpoint_dir=tmp_path, **common)
+    again = mr.train_sweep(configs, processes=1, checkpoint_dir=tmp_path, **common)
     assert [r["history"] for r in again] == [r["history"] for r in first]
 
 
@@ -884,20 +887,20 @@ def test_bad_time_steps():
 
 def test_bad_dataset_device_subset():
     with pytest.raises(ValueError, match="dataset"):
-        mt.load_dataset("cifar100", False)
+        md.load_dataset("cifar100", False)
     with pytest.raises(ValueError, match="device"):
-        mt.load_dataset("mnist", False, device="banana")
+        md.load_dataset("mnist", False, device="banana")
     with pytest.raises(ValueError, match="device"):
         mt.train("784-800-10", "mnist", device="banana", progress=False)
     with pytest.raises(ValueError, match="device"):
-        mt.pick_device("gpu!")
+        rt.pick_device("gpu!")
 
 
 @needs_mnist
 @pytest.mark.parametrize("subset", [0, -5, 2.5])
 def test_bad_subset(subset):
     with pytest.raises(ValueError, match="subset"):
-        mt.load_dataset("mnist", False, subset=subset)
+        md.load_dataset("mnist", False, subset=subset)
 
 
 BAD_ARGUMENTS = [  # (function name, keyword arguments, the argument named, the error)
@@ -951,16 +954,16 @@ BAD_ARGUMENTS = [  # (function name, keyword arguments, the argument named, the 
 def test_bad_argument_names_itself(fn, kw, param, error):
     """Misuse of a public argument ends in a ValueError or TypeError naming it, before any work."""
     net = mt.build_net("784-10", (784,), 10)
-    data = mt.Dataset("mnist", "mnist", torch.zeros(4, 784), torch.zeros(4, dtype=torch.long))
+    data = md.Dataset("mnist", "mnist", torch.zeros(4, 784), torch.zeros(4, dtype=torch.long))
     calls = {
         "build_net": lambda **k: mt.build_net(**{"spec": "784-10", "in_shape": (784,), "n_classes": 10, **k}),
         "train": lambda **k: mt.train(**{"spec": "784-10", "dataset": "mnist", "data": (data, data),
                                          "progress": False, **k}),
         "evaluate": lambda **k: mt.evaluate(**{"net": net, "data": data, "T": 2, **k}),
         "calibrate_init": lambda **k: mt.calibrate_init(**{"net": net, "images": torch.zeros(4, 784), **k}),
-        "train_sweep": lambda **k: mt.train_sweep(**{"configs": [], **k}),
-        "load_dataset": lambda **k: mt.load_dataset(**{"name": "mnist", "train": False, **k}),
-        "make_executor": lambda **k: mt.make_executor(**{"kind": "slurm", "partition": "gpu", **k}),
+        "train_sweep": lambda **k: mr.train_sweep(**{"configs": [], **k}),
+        "load_dataset": lambda **k: md.load_dataset(**{"name": "mnist", "train": False, **k}),
+        "make_executor": lambda **k: mr.make_executor(**{"kind": "slurm", "partition": "gpu", **k}),
     }
     with pytest.raises(error, match=rf"\b{param}\b"):
         calls[fn](**kw)
@@ -976,19 +979,19 @@ def test_sweep_through_submitit_matches_pool_and_resumes_a_killed_job(tmp_path):
     configs = [dict(lr=0.005), dict(lr=0.002)]
     common = dict(spec="784-800-10", dataset="mnist", epochs=2, subset=256, test_subset=256, threads=1)
     acc = lambda rows: [[h["test_accuracy"] for h in r["history"]] for r in rows]
-    pooled = mt.train_sweep(configs, processes=2, **common)
-    submitted = mt.train_sweep(configs, executor=mt.make_executor("submitit-local", folder=tmp_path / "jobs"), **common)
+    pooled = mr.train_sweep(configs, processes=2, **common)
+    submitted = mr.train_sweep(configs, executor=mr.make_executor("submitit-local", folder=tmp_path / "jobs"), **common)
     assert acc(submitted) == acc(pooled)
     assert [r["history"][-1]["loss"] for r in submitted] == [r["history"][-1]["loss"] for r in pooled]
 
-    executor = mt.make_executor("submitit-local", folder=tmp_path / "jobs2")
+    executor = mr.make_executor("submitit-local", folder=tmp_path / "jobs2")
     job = dict(common, **configs[0], subset=2048, epochs=8, progress=False, checkpoint=str(tmp_path / "run.pt"),
                resume=True)  # epochs enough that the cancel lands mid-run even on a loaded machine
     # cancel() sends SIGINT; a shell's background job (`make test &`) runs with SIGINT ignored, which a
     # job started from here would inherit and so run on: start it with the default disposition
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        running = executor.submit(mt._SweepJob(), job)
+        running = executor.submit(mr._SweepJob(), job)
     finally:
         signal.signal(signal.SIGINT, previous)
     deadline = time.time() + 300
@@ -997,9 +1000,9 @@ def test_sweep_through_submitit_matches_pool_and_resumes_a_killed_job(tmp_path):
     running.cancel()
     while not running.done() and time.time() < deadline:
         time.sleep(0.1)
-    killed_after = len(mt.load_checkpoint(job["checkpoint"])["history"])
-    resumed = executor.submit(mt._SweepJob(), job).result()
-    whole = mt.train_sweep([configs[0]], processes=1, **dict(common, subset=2048, epochs=8))
+    killed_after = len(rt.load_checkpoint(job["checkpoint"])["history"])
+    resumed = executor.submit(mr._SweepJob(), job).result()
+    whole = mr.train_sweep([configs[0]], processes=1, **dict(common, subset=2048, epochs=8))
     assert 1 <= killed_after < 8
     assert acc([resumed]) == acc(whole)
     assert resumed["history"][-1]["loss"] == whole[0]["history"][-1]["loss"]
@@ -1017,9 +1020,9 @@ def test_slurm_executor_submits_one_job_per_run_with_the_asked_resources(tmp_pat
     for tool in ("sbatch", "srun"):
         (bin_dir / tool).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    executor = mt.make_executor("slurm", folder=tmp_path / "jobs", partition="gpu-test", timeout_min=90,
+    executor = mr.make_executor("slurm", folder=tmp_path / "jobs", partition="gpu-test", timeout_min=90,
                                 gpu_type="h100", cpus_per_task=6)
-    job = executor.submit(mt._SweepJob(), dict(spec="784-800-10", dataset="mnist", threads=1))
+    job = executor.submit(mr._SweepJob(), dict(spec="784-800-10", dataset="mnist", threads=1))
     assert job.job_id == "4242"
     (script,) = tmp_path.glob("job_*.sh")
     text = script.read_text()
@@ -1027,13 +1030,13 @@ def test_slurm_executor_submits_one_job_per_run_with_the_asked_resources(tmp_pat
                  "#SBATCH --cpus-per-task=6", "#SBATCH --signal=USR2@120"):
         assert line in text, line
     with pytest.raises(TypeError, match="partition"):
-        mt.make_executor("slurm")
+        mr.make_executor("slurm")
 
 
 def test_result_row_of_a_run_without_history():
     """A converted network has no training epochs: its row has the accuracy and None for the
     per-epoch fields instead of failing."""
-    row = mt.result_row("converted, T=4", [dict(config=dict(spec="784-10", T=4, epochs=2, seed=0),
+    row = mr.result_row("converted, T=4", [dict(config=dict(spec="784-10", T=4, epochs=2, seed=0),
                                                 dataset_variant="mnist", test_accuracy=91.0)])
     assert row["accuracy"] == [91.0] and row["accuracy_mean"] == 91.0
     assert row["best_epoch"] == [None] and row["history"] == [None] and row["silent_outputs"] == [None]
@@ -1076,32 +1079,32 @@ def test_sweep_on_one_gpu_runs_in_this_process(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU, as far as the sweep can tell
     seen = []
     monkeypatch.setattr(mt, "train", lambda **job: seen.append(os.getpid()) or dict(config=job))
-    mt.train_sweep([dict(seed=0), dict(seed=1)], processes=2, device="cuda", spec="784-10", dataset="mnist")
+    mr.train_sweep([dict(seed=0), dict(seed=1)], processes=2, device="cuda", spec="784-10", dataset="mnist")
     assert seen == [os.getpid()] * 2
 
 
 def test_full_profile_refuses_a_cpu_unless_asked_for(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="DEVICE='cpu'"):
-        mt.pick_device("auto", "full")
-    assert mt.pick_device("cpu", "full") == "cpu" and mt.pick_device("auto", "quick") == "cpu"
+        rt.pick_device("auto", "full")
+    assert rt.pick_device("cpu", "full") == "cpu" and rt.pick_device("auto", "quick") == "cpu"
 
 
 def test_cuda_policy_is_applied_and_every_result_names_its_setup(tmp_path):
     flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
              torch.backends.cudnn.deterministic)
     try:
-        policy = mt.configure_cuda(tf32=False, cudnn_deterministic=True)
-        assert policy == dict(mt.CUDA_POLICY, tf32=False, cudnn_deterministic=True)
+        policy = rt.configure_cuda(tf32=False, cudnn_deterministic=True)
+        assert policy == dict(rt.CUDA_POLICY, tf32=False, cudnn_deterministic=True)
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
         assert torch.backends.cudnn.deterministic
-        assert torch.backends.cudnn.benchmark == mt.CUDA_POLICY["cudnn_benchmark"]
+        assert torch.backends.cudnn.benchmark == rt.CUDA_POLICY["cudnn_benchmark"]
     finally:
         (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
          torch.backends.cudnn.deterministic) = flags
-    path = mt.write_results("x", "test", [], 1.0, tmp_path, mt.device_name("cpu"))
+    path = mr.write_results("x", "test", [], 1.0, tmp_path, rt.device_name("cpu"))
     doc = __import__("json").loads(path.read_text())
-    assert doc["device_setup"] == mt.device_setup("cpu") and doc["device_setup"]["device"].startswith("cpu")
+    assert doc["device_setup"] == rt.device_setup("cpu") and doc["device_setup"]["device"].startswith("cpu")
 
 
 
@@ -1109,9 +1112,9 @@ def test_provenance_takes_the_commit_named_by_the_sender(monkeypatch):
     """On a borrowed machine the tree's git metadata can lag (a GPU copy read the session's first
     commit): $MTSNN_COMMIT, set where the run is sent from, wins."""
     monkeypatch.setenv("MTSNN_COMMIT", "a" * 40 + "-dirty")
-    p = mt.provenance()
+    p = rt.provenance()
     assert (p["commit"], p["dirty"], p["commit_from"]) == ("a" * 40, True, "MTSNN_COMMIT")
     monkeypatch.setenv("MTSNN_COMMIT", "b" * 40)
-    assert (mt.provenance()["commit"], mt.provenance()["dirty"]) == ("b" * 40, False)
+    assert (rt.provenance()["commit"], rt.provenance()["dirty"]) == ("b" * 40, False)
     monkeypatch.delenv("MTSNN_COMMIT")
-    assert "commit_from" not in mt.provenance()
+    assert "commit_from" not in rt.provenance()

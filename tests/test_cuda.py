@@ -10,9 +10,11 @@ import torch
 
 import mtsnn_convert as mc
 import mtsnn_core as mt
+import mtsnn_data as md
+import mtsnn_runtime as rt
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-DATA = mt.data_root()
+DATA = md.data_root()
 needs_mnist = pytest.mark.skipif(not (DATA / "MNIST" / "raw").exists(), reason=f"MNIST not under {DATA}")
 
 
@@ -95,7 +97,7 @@ def _synthetic(name, n, shape):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, *shape, generator=g)
     y = (x.flatten(1)[:, :10].argmax(1)).long()
-    return mt.Dataset(name, name, x.cuda(), y.cuda(), (0.5,) * shape[0], (0.25,) * shape[0])
+    return md.Dataset(name, name, x.cuda(), y.cuda(), (0.5,) * shape[0], (0.25,) * shape[0])
 
 
 def test_a_training_step_never_waits_on_the_host():
@@ -152,9 +154,9 @@ def test_training_on_cuda_learns_and_records_its_setup(tmp_path):
     assert result["test_accuracy"] > 60  # 73.55 % on the CPU after this one short epoch; chance is 10 %
     setup = result["device_setup"]
     assert setup["cuda"] and setup["cudnn"] and setup["fused_neuron"]
-    assert setup["tf32_matmul"] == mt.CUDA_POLICY["tf32"]
-    assert setup["cudnn_benchmark"] == mt.CUDA_POLICY["cudnn_benchmark"]
-    state = mt.load_checkpoint(tmp_path / "run.pt")  # onto the CPU, Adam's step counters too
+    assert setup["tf32_matmul"] == rt.CUDA_POLICY["tf32"]
+    assert setup["cudnn_benchmark"] == rt.CUDA_POLICY["cudnn_benchmark"]
+    state = rt.load_checkpoint(tmp_path / "run.pt")  # onto the CPU, Adam's step counters too
     tensors = [t for t in state["model"].values()] + [v for s in state["optimizer"]["state"].values()
                                                       for v in s.values() if torch.is_tensor(v)]
     assert all(t.device.type == "cpu" for t in tensors)

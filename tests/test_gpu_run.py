@@ -8,11 +8,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-import mtsnn_core as mt
+import mtsnn_data as md
 
 ROOT = Path(__file__).resolve().parent.parent
-needs_mnist = pytest.mark.skipif(not (mt.data_root() / "MNIST" / "raw").exists(),
-                                 reason=f"MNIST not under {mt.data_root()}")
+needs_mnist = pytest.mark.skipif(not (md.data_root() / "MNIST" / "raw").exists(),
+                                 reason=f"MNIST not under {md.data_root()}")
 
 
 def _gpu_run(tmp_path, *args):

@@ -1,9 +1,15 @@
 """The modules' import graph: every `import mtsnn_*` of every mtsnn_*.py, at the top or inside a
-function, read from the source (nothing is imported); the graph must have no cycle."""
+function, read from the source; the graph must have no cycle and every import must go down the
+layers (base; data, runtime, fused; core; runs, gradients; convert; tables). Names that moved out
+of the core say where they went."""
 import ast
+import importlib
+import tomllib
 from pathlib import Path
 
 import pytest
+
+import mtsnn_core as mt
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,6 +68,48 @@ def test_the_cycle_check_finds_a_cycle(tmp_path):
     assert find_cycle(import_graph(tmp_path)) is None
 
 
-@pytest.mark.parametrize("module", ["mtsnn_fused"])
-def test_the_lowest_modules_import_no_other(module):
-    assert import_graph(ROOT)[module] == set()
+LAYERS = [["mtsnn_base"], ["mtsnn_data", "mtsnn_runtime", "mtsnn_fused"], ["mtsnn_core"],
+          ["mtsnn_runs", "mtsnn_gradients"], ["mtsnn_convert"], ["mtsnn_tables"]]
+
+
+def test_every_import_goes_down_the_layers():
+    """The core imports nothing above it (mtsnn_runs calls train, not the other way round), the
+    data and the runtime nothing but mtsnn_base, the kernels nothing."""
+    layer = {module: i for i, modules in enumerate(LAYERS) for module in modules}
+    graph = import_graph(ROOT)
+    assert set(graph) == set(layer), "a module is missing from LAYERS"
+    upward = [(a, b) for a, imported in graph.items() for b in imported if layer[b] >= layer[a]]
+    assert not upward, f"imports that do not go down a layer: {upward}"
+    assert graph["mtsnn_base"] == graph["mtsnn_fused"] == set()
+    assert graph["mtsnn_data"] <= {"mtsnn_base"} and graph["mtsnn_runtime"] <= {"mtsnn_base"}
+
+
+def test_every_module_is_installed():
+    modules = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["py-modules"]
+    assert sorted(modules) == sorted(p.stem for p in ROOT.glob("mtsnn_*.py"))
+
+
+def test_the_core_stays_small():
+    assert len((ROOT / "mtsnn_core.py").read_text().splitlines()) <= 800
+
+
+MOVED = {name: module for module, names in mt._MOVED.items() for name in names.split()}
+
+
+@pytest.mark.parametrize("name", sorted(MOVED))
+def test_a_moved_name_says_where_it_lives_now(name):
+    module = MOVED[name]
+    assert hasattr(importlib.import_module(module), name) and name not in vars(mt)
+    with pytest.raises(AttributeError, match=f"^mtsnn_core.{name} moved to {module}.{name} \\(import {module}\\)$"):
+        getattr(mt, name)
+
+
+def test_moved_names_and_unknown_names_raise_attribute_errors():
+    with pytest.raises(AttributeError, match=r"mtsnn_core.train_sweep moved to mtsnn_runs.train_sweep"):
+        mt.train_sweep
+    assert not hasattr(mt, "write_results") and not hasattr(mt, "no_such_name")
+    with pytest.raises(AttributeError, match="module 'mtsnn_core' has no attribute 'no_such_name'"):
+        mt.no_such_name
+    # what the core imports from below for itself stays reachable here
+    assert mt.load_dataset is importlib.import_module("mtsnn_data").load_dataset
+    assert mt.load_checkpoint is importlib.import_module("mtsnn_runtime").load_checkpoint

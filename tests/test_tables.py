@@ -10,9 +10,10 @@ import pytest
 import torch
 
 import mtsnn_core as mt
+import mtsnn_data as md
 import mtsnn_tables as tb
 
-DATA = mt.data_root()
+DATA = md.data_root()
 HAS = {"mnist": (DATA / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").exists(),
        "fmnist": (DATA / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte").exists()}
 STORED = sorted({p.name.rsplit("_seed", 1)[0] for p in tb.WEIGHTS_DIR.glob("*_seed*.pt")})
@@ -54,7 +55,7 @@ def test_pretrained_misuse_is_named(tmp_path):
     with pytest.raises(TypeError, match="test_ds must be the test Dataset"):
         tb.load_pretrained("10_mnist_mlp", "test")
     with pytest.raises(FileNotFoundError, match="no stored weights for 30_cifar10_cnn"):
-        tb.load_pretrained("30_cifar10_cnn", mt.Dataset("mnist", "mnist", torch.zeros(1, 1, 28, 28), torch.zeros(1)))
+        tb.load_pretrained("30_cifar10_cnn", md.Dataset("mnist", "mnist", torch.zeros(1, 1, 28, 28), torch.zeros(1)))
     with pytest.raises(TypeError, match="checkpoint must be a checkpoint file path"):
         mt.export_weights(None, tmp_path / "w.pt")
     with pytest.raises(TypeError, match="path must be a checkpoint or weights file path"):
@@ -69,7 +70,7 @@ def test_stored_weights_reproduce_the_stored_accuracy(stem):
     if not HAS[dataset]:
         pytest.skip(f"{dataset} not under {DATA}")
     row = json.loads((tb.STORED_DIR / f"{stem}.json").read_text())["rows"][0]
-    results, twin, _ = tb.load_pretrained(stem, mt.load_dataset(dataset, False))
+    results, twin, _ = tb.load_pretrained(stem, md.load_dataset(dataset, False))
     assert [r["test_accuracy"] for r in results] == row["accuracy"]
     assert [r["history"] for r in results] == row["history"]
     assert twin == row["relu_twin_accuracy"]
@@ -81,7 +82,7 @@ def test_stored_weights_reproduce_the_stored_accuracy(stem):
 def test_load_model_rebuilds_the_trained_net(tmp_path):
     """load_model on a checkpoint and on its exported weights gives the trained net's outputs, and
     train_seeds returns each seed's model reloaded from its checkpoint."""
-    data = (mt.load_dataset("mnist", True, subset=256), mt.load_dataset("mnist", False, subset=256))
+    data = (md.load_dataset("mnist", True, subset=256), md.load_dataset("mnist", False, subset=256))
     ckpt, weights = tmp_path / "run.pt", tmp_path / "weights.pt"
     r = mt.train("8C5-P2-32", "mnist", epochs=1, data=data, checkpoint=str(ckpt), progress=False, s_max=7)
     mt.export_weights(ckpt, weights)

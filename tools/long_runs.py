@@ -24,6 +24,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import mtsnn_core as mt  # noqa: E402
+import mtsnn_data as md  # noqa: E402
+import mtsnn_runtime as rt  # noqa: E402
 import mtsnn_tables as tb  # noqa: E402
 
 DEFAULT_DIR = Path.home() / ".cache" / "mtsnn" / "runs"
@@ -36,8 +38,8 @@ def tables(stems, checkpoint_dir, threads):
         print(f"{stem}: {s['epochs']} epochs x seeds {s['seeds']} -> {checkpoint_dir}", flush=True)
         for r in tb.train_seeds(s, "cpu", checkpoint_dir=str(checkpoint_dir), processes=1, threads=threads):
             print(f"  seed {r['config']['seed']}: {r['test_accuracy']:.2f} %", flush=True)
-        train_ds = mt.load_dataset(s["dataset"], True, subset=s["subset"])
-        test_ds = mt.load_dataset(s["dataset"], False, subset=s["test_subset"])
+        train_ds = md.load_dataset(s["dataset"], True, subset=s["subset"])
+        test_ds = md.load_dataset(s["dataset"], False, subset=s["test_subset"])
         accuracy, _ = tb.relu_twin(s, train_ds, test_ds, checkpoint_dir=str(checkpoint_dir))
         print(f"  ReLU twin: {accuracy:.2f} %", flush=True)
 
@@ -49,7 +51,7 @@ def main(argv=None):
     parser.add_argument("--checkpoint-dir", type=Path, default=DEFAULT_DIR)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    print(f"code: {mt.__file__}, {mt.provenance()}", flush=True)
+    print(f"code: {mt.__file__}, {rt.provenance()}", flush=True)
     tables(args.stems, args.checkpoint_dir, args.threads)
 
 

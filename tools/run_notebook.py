@@ -24,7 +24,7 @@ from pathlib import Path
 import nbformat
 import papermill as pm
 
-from mtsnn_core import device_name, pick_device
+from mtsnn_runtime import device_name, pick_device
 
 STAMP = re.compile(r"^\*\*Stored outputs:\*\*.*$", re.M)
 PROFILES = ("test", "quick", "full")  # shortest first

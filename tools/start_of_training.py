@@ -21,6 +21,8 @@ import torch
 
 import mtsnn_convert as mc
 import mtsnn_core as mt
+import mtsnn_data as md
+import mtsnn_runtime as rt
 
 MNIST_CNN, FMNIST_CNN = mt.PAPER_NETWORKS["Table 3"][1], mt.PAPER_NETWORKS["Table 5"][1]
 QUICK_CIFAR = mt.QUICK_CIFAR10_SPEC
@@ -46,7 +48,7 @@ RUNS = [  # name, dataset, spec, epochs, train images, threads, changes from the
 
 def run(name, dataset, spec, epochs, subset, threads, change):
     torch.set_num_threads(threads)
-    data = mt.load_dataset(dataset, True, subset=subset), mt.load_dataset(dataset, False, subset=2000)
+    data = md.load_dataset(dataset, True, subset=subset), md.load_dataset(dataset, False, subset=2000)
     t0 = time.time()
     if change.get("relu"):
         _, _, history = mc.train_ann(spec, *data, epochs=epochs, lr=1e-3, seed=0)
@@ -82,5 +84,5 @@ if __name__ == "__main__":
               + f"  ({r['seconds']:.0f} s)", flush=True)
         Path(args.out).write_text(json.dumps(dict(tool="tools/start_of_training.py", profile=PROFILE,
                                                   torch=torch.__version__, seed=0,
-                                                  device=mt.device_name("cpu").split(",")[0] + ")",
-                                                  provenance=mt.provenance(), rows=rows), indent=1) + "\n")
+                                                  device=rt.device_name("cpu").split(",")[0] + ")",
+                                                  provenance=rt.provenance(), rows=rows), indent=1) + "\n")

@@ -33,15 +33,17 @@ import torch  # noqa: E402
 
 import mtsnn_convert as mc  # noqa: E402
 import mtsnn_core as mt  # noqa: E402
+import mtsnn_data as md  # noqa: E402
+import mtsnn_runtime as rt  # noqa: E402
 
 
 def train_one(name, args, stop_at):
     """Train (or resume) one network; store its weights once its last epoch is done."""
-    device = mt.pick_device(args.device)
+    device = rt.pick_device(args.device)
     if device.startswith("cuda"):
-        mt.configure_cuda()
-    train = mt.load_dataset("cifar10", True, device=device, subset=args.subset)
-    test = mt.load_dataset("cifar10", False, device=device, subset=args.subset)
+        rt.configure_cuda()
+    train = md.load_dataset("cifar10", True, device=device, subset=args.subset)
+    test = md.load_dataset("cifar10", False, device=device, subset=args.subset)
     overrides = {"epochs": args.epochs} if args.epochs else {}
     file = mc.ann_weights_file(name, args.recipe)
     net, accuracy, history = mc.train_cifar10_ann(name, train, test, checkpoint=args.runs / file, progress=True,
@@ -50,7 +52,7 @@ def train_one(name, args, stop_at):
     epochs = overrides.get("epochs", mc.ANN_RECIPES[args.recipe]["epochs"])
     print(f"{name}: {len(history)} of {epochs} epochs, test accuracy {accuracy:.2f} %", flush=True)
     if len(history) == epochs:
-        mt.export_weights(args.runs / file, args.weights / file, device_setup=mt.device_setup(device))
+        mt.export_weights(args.runs / file, args.weights / file, device_setup=rt.device_setup(device, mt.FUSED_NEURON))
         print(f"{name}: weights written to {args.weights / file}", flush=True)
     return len(history) == epochs
 
@@ -75,7 +77,7 @@ def main(argv=None):
     todo = [n for n in args.nets if not (args.weights / mc.ann_weights_file(n, args.recipe)).exists()]
     for n in set(args.nets) - set(todo):
         print(f"{n}: weights already stored in {args.weights}, not retrained")
-    parallel = args.parallel if args.parallel is not None else mt.pick_device(args.device).startswith("cuda")
+    parallel = args.parallel if args.parallel is not None else rt.pick_device(args.device).startswith("cuda")
     args.runs.mkdir(parents=True, exist_ok=True)
     if len(todo) > 1 and parallel:  # one process per network, logs in --runs; the parent waits for all
         options = dict(recipe=args.recipe, device=args.device, runs=args.runs, weights=args.weights,

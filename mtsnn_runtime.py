@@ -1,0 +1,140 @@
+"""What `mtsnn_core.train` needs besides the method: checkpoints, the device and where a result came from.
+
+- `save_checkpoint` / `load_checkpoint`: written atomically beside the previous one, read back with
+  a fallback to it;
+- `pick_device`, `device_name`, `CUDA_POLICY` / `configure_cuda` and `device_setup` (the device,
+  CUDA, cuDNN, driver and precision flags a result's numbers depend on);
+- `provenance`: the git commit (or $MTSNN_COMMIT), torch version and CPU model.
+
+Of the other mtsnn_* modules it imports only `mtsnn_base`; `mtsnn_core` imports it.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from mtsnn_base import _atomic_save, _check_device
+
+
+def save_checkpoint(state, path):
+    """Write `state` to `path` atomically, keeping the checkpoint it replaces as `path` + ".prev": a
+    kill at any moment leaves at least one complete checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_save(state, path, keep_previous=True)
+
+
+def load_checkpoint(path):
+    """The newest readable checkpoint at `path` (else its ".prev"), loaded onto the CPU; None if
+    neither exists. An unreadable newest one is reported and skipped."""
+    path = Path(path)
+    for candidate in (path, path.with_name(path.name + ".prev")):
+        if not candidate.exists():
+            continue
+        try:
+            return torch.load(candidate, map_location="cpu")
+        except Exception as exc:  # truncated or empty: a kill during a save without os.replace
+            warnings.warn(f"checkpoint {candidate} is unreadable ({type(exc).__name__}: {exc}); "
+                          "trying the previous one", stacklevel=2)
+    return None
+
+
+def pick_device(device="auto", profile=None):
+    """"auto" -> "cuda" when a GPU is visible, else "cpu"; anything else is checked and returned.
+    The full profile (the paper's settings: CPU weeks for Table 6) refuses to fall back to a CPU:
+    ask for it by name (device="cpu") to run it there anyway."""
+    if device == "auto" and profile == "full" and not torch.cuda.is_available():
+        raise RuntimeError("the full profile found no GPU; it takes days to weeks of CPU time (README, 'On a "
+                           "GPU'). To run it on this CPU anyway, ask for it: DEVICE='cpu' "
+                           "(papermill -p DEVICE cpu, or make PROFILE=full DEVICE=cpu)")
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else str(_check_device(device))
+
+
+def device_name(device):
+    """The GPU's name, or "cpu (<model>, <n> threads)" with the threads torch uses now."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({_cpu_model()}, {torch.get_num_threads()} threads)"
+
+
+def _cpu_model():
+    import platform
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+# How paper runs use a GPU, chosen once and written into every result (`device_setup`): TF32 for
+# convolutions and matrix products (tensor cores; a rounding of the synaptic input ~1e-3, far below
+# the integer spikes' own granularity; fp32 made the CIFAR-10 step 2.2x slower on an H200), cuDNN's
+# autotuner on (fixed shapes) and restricted to deterministic algorithms (at most +5 % per step there):
+# with the fused neuron, a GPU run is then bit-reproducible on the same card and software.
+# benchmarks/bench_step.py times the alternatives (f2-fp32, f2-nondeterministic).
+CUDA_POLICY = dict(tf32=True, cudnn_benchmark=True, cudnn_deterministic=True)
+
+
+def configure_cuda(tf32=None, cudnn_benchmark=None, cudnn_deterministic=None):
+    """Apply CUDA_POLICY (or the settings given) to this process."""
+    policy = dict(CUDA_POLICY)
+    policy.update({k: v for k, v in dict(tf32=tf32, cudnn_benchmark=cudnn_benchmark,
+                                         cudnn_deterministic=cudnn_deterministic).items() if v is not None})
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = policy["tf32"]
+    torch.backends.cudnn.benchmark = policy["cudnn_benchmark"]
+    torch.backends.cudnn.deterministic = policy["cudnn_deterministic"]
+    return policy
+
+
+def device_setup(device, fused_neuron=None):
+    """What a result's numbers depend on besides the code: the device and, on CUDA, its CUDA, cuDNN
+    and driver versions, the TF32 and cuDNN flags in force and whether the neuron ran fused.
+    `fused_neuron`: the neuron's setting (`mtsnn_core.FUSED_NEURON`, which `train` passes); None
+    reads $MTSNN_FUSED as the core does when it is imported."""
+    if fused_neuron is None:
+        fused_neuron = os.environ.get("MTSNN_FUSED", "cuda")
+    device = torch.device(device)
+    setup = dict(device=device_name(device), torch=str(torch.__version__))
+    if device.type == "cuda":
+        setup.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), driver=_nvidia_driver(),
+                     tf32_matmul=torch.backends.cuda.matmul.allow_tf32, tf32_cudnn=torch.backends.cudnn.allow_tf32,
+                     cudnn_benchmark=torch.backends.cudnn.benchmark,
+                     cudnn_deterministic=torch.backends.cudnn.deterministic, fused_neuron=fused_neuron != "off")
+    return setup
+
+
+def _nvidia_driver():
+    import subprocess
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20).stdout.strip()
+        return out.splitlines()[0] if out else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance():
+    """Which code and software made a result: the git commit (with a flag for uncommitted changes
+    to the code outside notebooks/, figures/ and weights/), the torch version and the CPU model.
+    $MTSNN_COMMIT ("<sha>" or "<sha>-dirty", e.g. `git describe --always --dirty --abbrev=40` where
+    the run is sent from) overrides git: a copy of the tree on a borrowed machine may carry stale git
+    metadata."""
+    import subprocess
+    sent = os.environ.get("MTSNN_COMMIT")
+    if sent:
+        return dict(commit=sent.removesuffix("-dirty"), dirty=sent.endswith("-dirty"), torch=str(torch.__version__),
+                    cpu=_cpu_model(), commit_from="MTSNN_COMMIT")
+    here = Path(__file__).resolve().parent
+    git = lambda *a: subprocess.run(["git", *a], cwd=here, capture_output=True, text=True, timeout=10)
+    try:
+        commit = git("rev-parse", "HEAD").stdout.strip() or None
+        # outputs and notebooks (which carry their own source) do not count: a batch rewrites them as it goes
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!figures", ":!notebooks",
+                         ":!weights").stdout.strip()) if commit else None
+    except (OSError, subprocess.SubprocessError):
+        commit = dirty = None
+    return dict(commit=commit, dirty=dirty, torch=str(torch.__version__), cpu=_cpu_model())
