@@ -49,7 +49,7 @@ lint: venv
 	$(PY) -m ruff check .
 
 unit: lint
-	$(PY) -m pytest -v tests/test_core.py tests/test_convert.py
+	$(PY) -m pytest -v tests/test_core.py tests/test_convert.py tests/test_modules.py
 
 test: lint
 	$(PY) -m pytest -v tests

@@ -1,4 +1,5 @@
-"""Unit tests of mtsnn_core against the paper's equations (Xu, Liu & Yang 2022).
+"""Unit tests of mtsnn_core against the paper's equations (Xu, Liu & Yang 2022), and of what it
+uses and what uses it: mtsnn_data (datasets), mtsnn_runtime (checkpoints, device), mtsnn_runs (sweeps).
 
 Every expected value is written out here by hand (NumPy loops, closed forms, literal numbers from
 the datasets); nothing is compared against the implementation itself. Data tests read the files
