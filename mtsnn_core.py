@@ -9,11 +9,11 @@ backpropagation for ultra-low-latency spiking neural networks with multi-thresho
 3. `build_net`, which parses the paper's network notation ("15C5-P2-40C5-P2-300"); `initialised_net`
 4. `train`: Adam + MSE on output spikes (eq. 6), per-epoch evaluation, checkpoint/resume;
    `evaluate`, `train_epoch`, `load_model`, `export_weights`
-5. `energy_report`: firing rates and synaptic operations of a test pass (energy estimate)
 
 The paper's settings (Table 1, its networks, learning rates) are named once, below the imports.
 Below the core: `mtsnn_base` (argument checks), `mtsnn_data` (`load_dataset`), `mtsnn_runtime`
-(checkpoints, device, provenance); above it `mtsnn_runs` (`train_sweep`, result JSON, plots).
+(checkpoints, device, provenance); above it `mtsnn_runs` (`train_sweep`, result JSON, plots,
+`energy_report`).
 """
 from __future__ import annotations
 
@@ -436,29 +436,40 @@ def _is_neuron(layer):
     return not isinstance(layer, (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.Flatten))
 
 
+def output_start(s_max, n_classes=10):
+    """The output layer's default starting rate, spikes per neuron per step: 1/6 of the loss's balance
+    point S_max/n_classes (0.25 at S_max = 15, 1/60 at S_max = 1)."""
+    return s_max / (6 * n_classes)
+
+
 @torch.no_grad()
-def calibrate_init(net, images, rate=1.0, output_rate=0.25, T=2):
+def calibrate_init(net, images, rate=1.0, output_rate=None, T=2):
     """Scale each synaptic layer, bottom up, so that the neuron layer it feeds fires `rate` spikes
     per neuron per step on average over `images` (the layers below already scaled), and the
-    output layer `output_rate`, each at most S_max/4 (with S_max = 1 a rate of 1 would have every
-    neuron fire at every step: a saturated layer passes no information). Returns the factors.
+    output layer `output_rate` (None: `output_start`), each at most S_max/4 (with S_max = 1 a rate
+    of 1 would have every neuron fire at every step: a saturated layer passes no information).
+    Returns the factors.
 
     The current into a layer is linear in its weights and a neuron's spike count grows with its
     current, so a bisection on one factor per layer finds the rate. The output layer starts well
-    below S_max/n_classes = 1.5, the mean rate the loss asks of it: above that, "fewer spikes" on
-    the nine wrong classes outweighs "more spikes" on the right one, and Adam's first steps push
-    whole output neurons below threshold, where the surrogate is ~0 and none ever fires again."""
+    below S_max/n_classes, the mean rate the loss asks of it: above that, "fewer spikes" on the
+    nine wrong classes outweighs "more spikes" on the right one, and Adam's first steps push whole
+    output neurons below threshold, where the surrogate is ~0 and none ever fires again. A start
+    fixed in spikes per step (0.25) sat above that point at S_max = 1 (0.1) and lost output neurons
+    there; relative to S_max it keeps them (README, "Choices")."""
     _expect("net", net, SpikingNet, expected="a SpikingNet from build_net (with spiking neurons)")
     _expect("images", images, torch.Tensor, lambda v: v.dim() >= 2 and len(v) >= 1, "a tensor [N, ...] of images")
     _positive("rate", rate)
-    _positive("output_rate", output_rate)
+    if output_rate is not None:
+        _positive("output_rate", output_rate)
     _positive_int("T", T)
     current = net.first(images)
     x, factors = current.unsqueeze(0).expand(T, *current.shape), []
     synapse, n_layers = net.first[-1], len(net.neurons())
     for module in net.rest:
         if isinstance(module, MultiThresholdLIF):
-            target = min(output_rate if len(factors) == n_layers - 1 else rate, module.s_max / 4)
+            out = output_rate or output_start(module.s_max, x.shape[-1])  # x: the output current [T, B, classes]
+            target = min(out if len(factors) == n_layers - 1 else rate, module.s_max / 4)
             lo, hi = -12.0, 12.0  # log2 of the factor, halved down to float32 resolution
             for _ in range(40):
                 mid = (lo + hi) / 2
@@ -473,7 +484,7 @@ def calibrate_init(net, images, rate=1.0, output_rate=0.25, T=2):
     return factors
 
 
-def initialised_net(spec, images, n_classes=10, *, T=2, init_rate=1.0, init_output_rate=0.25, **kwargs):
+def initialised_net(spec, images, n_classes=10, *, T=2, init_rate=1.0, init_output_rate=None, **kwargs):
     """`build_net(spec, ...)` scaled by `calibrate_init` on `images` (the first 256 are used; no
     scaling when init_rate is None): the network `train` starts from. Draws from torch's global RNG."""
     net = build_net(spec, images.shape[1:], n_classes, **kwargs).to(images.device)
@@ -592,12 +603,12 @@ def train_epoch(net, optimizer, train_ds, loss_fn, predict, *, epoch, seed, batc
 
 def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, device="cpu",
           subset=None, test_subset=None, root=None, data=None, augment=True, checkpoint=None,
-          resume=False, progress=True, init_rate=1.0, init_output_rate=0.25, **neuron_kwargs):
+          resume=False, progress=True, init_rate=1.0, init_output_rate=None, validation=None, **neuron_kwargs):
     """Train `build_net(spec, ...)` on `dataset` ("mnist", "fmnist", "cifar10") and return a JSON-able dict.
 
     The net is initialised by `build_net` and scaled by `calibrate_init` on the first 256 training
     images so that hidden layers start at `init_rate` and the output layer at `init_output_rate`
-    spikes per neuron per step (init_rate=None: no scaling). Adam (beta 0.9/0.999, eps 1e-8) on
+    spikes per neuron per step (None: `output_start`; init_rate=None: no scaling). Adam (beta 0.9/0.999, eps 1e-8) on
     `spike_mse_loss`; the full test set (or `test_subset`) is evaluated after every epoch and each
     history row carries `evaluate`'s silent-neuron and tie fractions. An output neuron that never
     fires in a whole training epoch raises a warning naming it. On the CPU, denormal floats are
@@ -605,12 +616,15 @@ def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, dev
     (seed, epoch), so a run resumed from its checkpoint (`checkpoint=path, resume=True`; written
     atomically after every epoch) ends with the same weights as an uninterrupted one; resume
     refuses a checkpoint of another configuration (every default filled in), other data, or more
-    epochs than asked. `data=(train, test)` reuses already loaded `Dataset`s. A non-finite loss
+    epochs than asked; a weights file without optimizer state (`export_weights`) stands for a finished
+    run. `validation=N` holds the last N training images out of training and records their accuracy
+    each epoch (`val_accuracy`), to decide when to stop without the test set. `data=(train, test)`
+    reuses already loaded `Dataset`s. A non-finite loss
     stops the run with a FloatingPointError naming the epoch and step. `neuron_kwargs` go to
     `build_net` (init_gain, init_mean, init_std) and every `MultiThresholdLIF`.
     """
     _check_train_args(dataset, epochs, T, batch_size, lr, seed, subset, test_subset, data, augment, checkpoint,
-                      resume, progress, init_rate, init_output_rate)
+                      resume, progress, init_rate, init_output_rate, validation)
     device = _check_device(device)
     if device.type == "cpu":
         # Far in the surrogate's tails the chain rule multiplies tiny gradients into denormal floats,
@@ -620,18 +634,25 @@ def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, dev
     if device.type == "cuda":
         configure_cuda()
     model_kwargs = {**_keyword_defaults(MultiThresholdLIF.__init__), **_keyword_defaults(build_net), **neuron_kwargs}
+    if init_output_rate is None:  # recorded as the number it stands for: 0.25 at S_max = 15, as before
+        init_output_rate = output_start(model_kwargs["s_max"])
     config = dict(spec=spec, dataset=dataset, epochs=epochs, T=T, batch_size=batch_size, lr=lr, seed=seed,
                   subset=subset, test_subset=test_subset, augment=augment, init_rate=init_rate,
-                  init_output_rate=init_output_rate, **model_kwargs)
+                  init_output_rate=init_output_rate, **model_kwargs,
+                  **({"validation": validation} if validation else {}))  # recorded only when set: old runs resume
     train_ds, test_ds = data or (load_dataset(dataset, True, root, device, subset),
                                  load_dataset(dataset, False, root, device, test_subset))
+    data_id = dict(train=train_ds.fingerprint(), test=test_ds.fingerprint())
+    if validation:
+        if validation >= len(train_ds):
+            raise ValueError(f"validation={validation} holds out all {len(train_ds)} training images")
+        train_ds, val_ds = train_ds.split(len(train_ds) - validation)
     torch.manual_seed(seed)
     net = initialised_net(spec, train_ds.x, 10, T=T, init_rate=init_rate, init_output_rate=init_output_rate,
                           **model_kwargs)
     s_max = net.neurons()[-1].s_max
     optimizer = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
     history, start = [], 0
-    data_id = dict(train=train_ds.fingerprint(), test=test_ds.fingerprint())
     state = load_checkpoint(checkpoint) if resume and checkpoint else None
     if state is not None:
         if {**state["config"], "epochs": epochs} != config:  # more epochs may be asked for on resume
@@ -643,7 +664,11 @@ def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, dev
             raise ValueError(f"checkpoint {checkpoint} holds {len(state['history'])} epochs, more than the {epochs} "
                              "asked for; ask for at least that many (or start a new checkpoint)")
         net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        if "optimizer" in state:
+            optimizer.load_state_dict(state["optimizer"])
+        elif len(state["history"]) < epochs:
+            raise ValueError(f"{checkpoint} holds weights without optimizer state: a finished run of "
+                             f"{len(state['history'])} epochs, which cannot be continued to {epochs}")
         history, start = state["history"], len(state["history"])
 
     from tqdm import tqdm  # plain text bar: readable in stored notebooks, no widget dependency
@@ -665,9 +690,11 @@ def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, dev
                           f"(neuron layer {len(net.neurons())}), "
                           f"neuron(s) {silent or 'none'} never fired during the whole training epoch, neuron(s) "
                           f"{test['silent_outputs'] or 'none'} on none of the {len(test_ds)} test images", stacklevel=2)
+        val = dict(val_accuracy=evaluate(net, val_ds, T)["accuracy"]) if validation else {}
         history.append(dict(epoch=epoch + 1, loss=losses.mean().item(),
-                            train_accuracy=100.0 * correct / len(train_ds),
-                            test_accuracy=test.pop("accuracy"), seconds=time.time() - t0, **test))
+                            train_accuracy=100.0 * correct / len(train_ds), **val,
+                            test_accuracy=test.pop("accuracy"), seconds=time.time() - t0, **test,
+                            device=device_name(device)))  # a run resumed on another machine says so per epoch
         bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]['loss']:.3f}", test=f"{history[-1]['test_accuracy']:.2f}%")
         if checkpoint:
             save_checkpoint(dict(model=net.state_dict(), optimizer=optimizer.state_dict(), history=history,
@@ -681,7 +708,7 @@ def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, dev
 
 
 def _check_train_args(dataset, epochs, T, batch_size, lr, seed, subset, test_subset, data, augment, checkpoint,
-                      resume, progress, init_rate, init_output_rate):
+                      resume, progress, init_rate, init_output_rate, validation):
     _expect("dataset", dataset, str, lambda v: v in DATASETS, f"one of {DATASETS}")
     for name, value in (("epochs", epochs), ("T", T), ("batch_size", batch_size)):
         _positive_int(name, value)
@@ -699,7 +726,10 @@ def _check_train_args(dataset, epochs, T, batch_size, lr, seed, subset, test_sub
         _expect("checkpoint", checkpoint, (str, os.PathLike), expected="a file path")
     if init_rate is not None:
         _positive("init_rate", init_rate)
-    _positive("init_output_rate", init_output_rate)
+    if init_output_rate is not None:
+        _positive("init_output_rate", init_output_rate)
+    if validation is not None:
+        _positive_int("validation", validation)
 
 
 def load_model(path, device="cpu"):
@@ -737,61 +767,11 @@ def _keyword_defaults(fn):
             if p.default is not p.empty and k != "activation"}
 
 
-# ----------------------------------------------------------------------------------------------
-# 5. Energy: synaptic operations of a test pass
-# ----------------------------------------------------------------------------------------------
-E_AC_PJ, E_MAC_PJ = 0.9, 4.6  # 45 nm CMOS, 32-bit float (Horowitz, ISSCC 2014), as commonly used
-
-
-@torch.no_grad()
-def energy_report(net, data, T, batch_size=1000):
-    """Synaptic operations per test image of the SNN, beside the same network run as a ReLU ANN.
-
-    SNN: the first layer multiplies the real-valued image (MACs, counted once: the input current
-    is the same at every step); every later layer receives integer spikes, and a spike of value k
-    costs k accumulates (ACs) on each synapse it fans out to, summed over the T steps. ANN: every
-    layer's MACs, once. Energy at E_AC_PJ per AC and E_MAC_PJ per MAC.
-    Returns {"layers": [{"layer", "neurons", "firing_rate", "ac", "mac_ann"}], "ac_total",
-    "mac_first_layer", "mac_ann_total", "energy_snn_uj", "energy_ann_uj"}.
-    """
-    synapses = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    ops = {m: [0.0, 0.0, 0] for m in synapses}  # m -> [ACs or MACs, ANN MACs, neurons]
-
-    def count(module, inputs, output):
-        x = inputs[0]
-        per_sample = output[0].numel()
-        images = output.shape[0] / (1 if module is synapses[0] else T)
-        ops[module][1] += per_sample * module.weight[0].numel() * images
-        ops[module][2] = per_sample
-        if module is synapses[0]:
-            ops[module][0] += per_sample * module.weight[0].numel() * images
-        elif isinstance(module, nn.Linear):  # each input spike reaches every output unit
-            ops[module][0] += x.sum().item() * module.out_features
-        else:  # each spike reaches every output channel at every kernel position covering it
-            k = module.kernel_size
-            window_sums = F.conv2d(x.sum(1, keepdim=True), x.new_ones(1, 1, *k), padding=module.padding)
-            ops[module][0] += window_sums.sum().item() * module.out_channels
-
-    hooks = [m.register_forward_hook(count) for m in synapses]
-    try:
-        rates = evaluate(net, data, T, batch_size)["firing_rate"]
-    finally:
-        for h in hooks:
-            h.remove()
-    n = len(data)
-    layers = [dict(layer=f"{type(m).__name__.lower()} {i + 1}", neurons=ops[m][2], firing_rate=rate,
-                   ac=0.0 if i == 0 else ops[m][0] / n, mac_ann=ops[m][1] / n)
-              for i, (m, rate) in enumerate(zip(synapses, rates))]
-    ac = sum(layer["ac"] for layer in layers)
-    mac_first, mac_ann = layers[0]["mac_ann"], sum(layer["mac_ann"] for layer in layers)
-    return dict(layers=layers, ac_total=ac, mac_first_layer=mac_first, mac_ann_total=mac_ann,
-                energy_snn_uj=(ac * E_AC_PJ + mac_first * E_MAC_PJ) * 1e-6, energy_ann_uj=mac_ann * E_MAC_PJ * 1e-6)
-
-
 # Names that moved out of the core (issue 36): asked for here, an AttributeError says where each lives now.
 _MOVED = dict(mtsnn_data="DatasetError data_root _cache_dir _try_download _load_idx _load_cifar10 _cached_decode",
               mtsnn_runtime="pick_device CUDA_POLICY _cpu_model _nvidia_driver",
-              mtsnn_runs="train_sweep make_executor _SweepJob _run_name to_json result_row write_results plot_history")
+              mtsnn_runs="train_sweep make_executor _SweepJob _run_name to_json result_row write_results plot_history "
+                         "energy_report E_AC_PJ E_MAC_PJ")
 
 
 def __getattr__(name):

@@ -14,7 +14,7 @@ import hashlib
 import os
 import tarfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -64,6 +64,10 @@ class Dataset:
 
     def __len__(self):
         return len(self.y)
+
+    def split(self, n):
+        """(the first n images, the rest), as two Datasets of the same kind."""
+        return (replace(self, x=self.x[:n], y=self.y[:n]), replace(self, x=self.x[n:], y=self.y[n:]))
 
     def fingerprint(self):
         """Variant, size and a hash of the labels and pixels: tells two datasets apart for resume."""

@@ -4,7 +4,8 @@ their results as table rows, JSON and plots.
 - `train_sweep` (with `make_executor` for Slurm via submitit, `_SweepJob` one picklable run,
   `_run_name` its checkpoint's file name) and `to_json`;
 - `result_row`: one table row from several seeds; `write_results`: figures/<notebook>.json;
-  `plot_history`: accuracy per epoch.
+  `plot_history`: accuracy per epoch;
+- `energy_report`: synaptic operations of a test pass and the energy they stand for.
 
 It imports `mtsnn_core`; the core never imports it.
 """
@@ -18,6 +19,8 @@ import re
 from pathlib import Path
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 import mtsnn_core as mt
 from mtsnn_base import _expect, _positive_int
@@ -179,3 +182,54 @@ def plot_history(results, ax=None, label=""):
     ax.set(xlabel="epoch", ylabel="accuracy (%)")
     ax.grid(alpha=0.3)
     return ax
+
+
+# ----------------------------------------------------------------------------------------------
+# Energy: synaptic operations of a test pass
+# ----------------------------------------------------------------------------------------------
+E_AC_PJ, E_MAC_PJ = 0.9, 4.6  # 45 nm CMOS, 32-bit float (Horowitz, ISSCC 2014), as commonly used
+
+
+@torch.no_grad()
+def energy_report(net, data, T, batch_size=1000):
+    """Synaptic operations per test image of the SNN, beside the same network run as a ReLU ANN.
+
+    SNN: the first layer multiplies the real-valued image (MACs, counted once: the input current
+    is the same at every step); every later layer receives integer spikes, and a spike of value k
+    costs k accumulates (ACs) on each synapse it fans out to, summed over the T steps. ANN: every
+    layer's MACs, once. Energy at E_AC_PJ per AC and E_MAC_PJ per MAC.
+    Returns {"layers": [{"layer", "neurons", "firing_rate", "ac", "mac_ann"}], "ac_total",
+    "mac_first_layer", "mac_ann_total", "energy_snn_uj", "energy_ann_uj"}.
+    """
+    synapses = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    ops = {m: [0.0, 0.0, 0] for m in synapses}  # m -> [ACs or MACs, ANN MACs, neurons]
+
+    def count(module, inputs, output):
+        x = inputs[0]
+        per_sample = output[0].numel()
+        images = output.shape[0] / (1 if module is synapses[0] else T)
+        ops[module][1] += per_sample * module.weight[0].numel() * images
+        ops[module][2] = per_sample
+        if module is synapses[0]:
+            ops[module][0] += per_sample * module.weight[0].numel() * images
+        elif isinstance(module, nn.Linear):  # each input spike reaches every output unit
+            ops[module][0] += x.sum().item() * module.out_features
+        else:  # each spike reaches every output channel at every kernel position covering it
+            k = module.kernel_size
+            window_sums = F.conv2d(x.sum(1, keepdim=True), x.new_ones(1, 1, *k), padding=module.padding)
+            ops[module][0] += window_sums.sum().item() * module.out_channels
+
+    hooks = [m.register_forward_hook(count) for m in synapses]
+    try:
+        rates = mt.evaluate(net, data, T, batch_size)["firing_rate"]
+    finally:
+        for h in hooks:
+            h.remove()
+    n = len(data)
+    layers = [dict(layer=f"{type(m).__name__.lower()} {i + 1}", neurons=ops[m][2], firing_rate=rate,
+                   ac=0.0 if i == 0 else ops[m][0] / n, mac_ann=ops[m][1] / n)
+              for i, (m, rate) in enumerate(zip(synapses, rates))]
+    ac = sum(layer["ac"] for layer in layers)
+    mac_first, mac_ann = layers[0]["mac_ann"], sum(layer["mac_ann"] for layer in layers)
+    return dict(layers=layers, ac_total=ac, mac_first_layer=mac_first, mac_ann_total=mac_ann,
+                energy_snn_uj=(ac * E_AC_PJ + mac_first * E_MAC_PJ) * 1e-6, energy_ann_uj=mac_ann * E_MAC_PJ * 1e-6)

@@ -790,6 +790,48 @@ def test_paper_cnn_learns_with_every_output_alive():
 
 
 @needs_mnist
+def test_binary_spikes_train_with_every_output_alive():
+    """Regression test of binary spikes losing output neurons (S_max = 1, T = 2, MNIST 784-800-10,
+    one epoch on 10,000 images, 2,000 test images). The output layer starting at 0.25 spikes per
+    step, above the loss's balance point S_max/10 = 0.1, measured 69.75 % with outputs [5, 8] silent
+    (seed 1) and 66.2 % with [5, 9] (seed 2); the default start relative to S_max (1/60) 86.0 % for
+    both, every output firing. About 8 s on 2 threads."""
+    data = md.load_dataset("mnist", True, subset=10_000), md.load_dataset("mnist", False, subset=2000)
+    kw = dict(epochs=1, data=data, progress=False, s_max=1, T=2)
+    for seed in (1, 2):
+        h = mt.train("784-800-10", "mnist", seed=seed, **kw)["history"][-1]
+        assert h["silent_outputs"] == [] and h["test_accuracy"] >= 80.0, (seed, h["silent_outputs"])
+    with pytest.warns(UserWarning, match="never fired"):  # the fixed start reproduces the failure
+        h = mt.train("784-800-10", "mnist", seed=1, init_output_rate=0.25, **kw)["history"][-1]
+    assert h["silent_outputs"]
+
+
+def test_output_start_is_relative_to_s_max_and_recorded_as_before():
+    """S_max = 15 keeps the start the stored runs recorded (0.25), so their checkpoints resume."""
+    assert mt.output_start(15) == 0.25 and mt.output_start(1) == pytest.approx(1 / 60)
+    torch.manual_seed(0)
+    net, x = mt.build_net("20-30-10", (20,), 10, s_max=1), torch.randn(256, 20)
+    mt.calibrate_init(net, x, T=2)
+    assert net(x, 2).mean().item() == pytest.approx(1 / 60, rel=0.1)
+
+
+@needs_mnist
+def test_a_finished_weights_file_resumes_as_a_finished_run(mnist_512, tmp_path):
+    """export_weights drops the optimizer state: train() reads such a file back as the finished run
+    it is (nothing trained, same history) and refuses to continue it."""
+    kw = dict(subset=512, test_subset=512, data=mnist_512, progress=False, validation=128)
+    r = mt.train("784-800-10", "mnist", epochs=2, checkpoint=tmp_path / "c.pt", **kw)
+    assert r["config"]["validation"] == 128 and r["config"]["init_output_rate"] == 0.25
+    assert all(0.0 <= h["val_accuracy"] <= 100.0 for h in r["history"])
+    mt.export_weights(tmp_path / "c.pt", tmp_path / "w.pt")
+    again = mt.train("784-800-10", "mnist", epochs=2, checkpoint=tmp_path / "w.pt", resume=True, **kw)
+    assert again["history"] == r["history"]
+    with pytest.raises(ValueError, match="without optimizer state"):
+        mt.train("784-800-10", "mnist", epochs=3, checkpoint=tmp_path / "w.pt", resume=True, **kw)
+    assert "validation" not in mt.train("784-800-10", "mnist", epochs=1, data=mnist_512, progress=False)["config"]
+
+
+@needs_mnist
 def test_silent_output_neuron_warns_with_its_index(mnist_512, monkeypatch):
     """An output neuron that never fires, in the training epoch and on the test set, is named."""
     real = mt.initialised_net
