@@ -1,0 +1,55 @@
+"""tools/long_runs.py: a run stopped on one machine goes on from the committed checkpoints/ on another."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+import mtsnn_core as mt
+import mtsnn_data as md
+
+ROOT = Path(__file__).resolve().parent.parent
+needs_mnist = pytest.mark.skipif(not (md.data_root() / "MNIST" / "raw").exists(),
+                                 reason=f"MNIST not under {md.data_root()}")
+_spec = importlib.util.spec_from_file_location("long_runs", ROOT / "tools" / "long_runs.py")
+long_runs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(long_runs)
+
+
+def _without_times(history):
+    return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+
+
+@needs_mnist
+def test_a_stashed_run_resumes_elsewhere_as_if_never_stopped(tmp_path, monkeypatch):
+    data = md.load_dataset("mnist", True, subset=512), md.load_dataset("mnist", False, subset=256)
+    kw = dict(epochs=2, data=data, progress=False, resume=True)
+    whole = mt.train("784-800-10", "mnist", checkpoint=tmp_path / "whole" / "run.pt", **kw)
+
+    here, stash, there = tmp_path / "here", tmp_path / "stash", tmp_path / "there"
+    real, calls = mt.evaluate, []
+
+    def stop_in_epoch_2(*args, **kwargs):  # the machine goes away during epoch 2
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mt, "evaluate", stop_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        mt.train("784-800-10", "mnist", checkpoint=here / "run.pt", **kw)
+    monkeypatch.setattr(mt, "evaluate", real)
+    assert [p.name for p in long_runs.stash(here, stash)] == ["run.pt"]
+    assert "optimizer" in torch.load(stash / "run.pt", weights_only=False)  # unfinished: kept whole
+    assert long_runs.stash(here, stash) == []  # nothing newer to stash
+
+    long_runs.restore(there, stash)
+    resumed = mt.train("784-800-10", "mnist", checkpoint=there / "run.pt", **kw)
+    assert _without_times(resumed["history"]) == _without_times(whole["history"])
+    assert all(torch.equal(a, b) for a, b in zip(resumed["model"].state_dict().values(),
+                                                  whole["model"].state_dict().values()))
+
+    long_runs.stash(there, stash)  # finished: its weights only, read back as the finished run
+    assert "optimizer" not in torch.load(stash / "run.pt", weights_only=False)
+    again = mt.train("784-800-10", "mnist", checkpoint=stash / "run.pt", **kw)
+    assert again["history"] == resumed["history"]
