@@ -296,12 +296,14 @@ class SpikingNet(nn.Module):
     def __init__(self, spec, first, rest):
         super().__init__()
         self.spec, self.first, self.rest = spec, first, rest
+        self.precision = "float32"  # "bfloat16": synaptic layers under autocast; neurons and spikes stay float32
 
     def forward(self, images, T=2):
         if T < 1:
             raise ValueError(f"T (time steps) must be >= 1, got {T!r}")
-        current = self.first(images)
-        return self.rest(current.unsqueeze(0).expand(T, *current.shape))
+        with torch.autocast(images.device.type, torch.bfloat16, enabled=self.precision == "bfloat16"):
+            current = self.first(images)
+            return self.rest(current.unsqueeze(0).expand(T, *current.shape))
 
     def predict(self, out_spikes):
         """`readout` of the output spikes with the potentials the output layer has left: call it right
@@ -603,7 +605,8 @@ def train_epoch(net, optimizer, train_ds, loss_fn, predict, *, epoch, seed, batc
 
 def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, device="cpu",
           subset=None, test_subset=None, root=None, data=None, augment=True, checkpoint=None,
-          resume=False, progress=True, init_rate=1.0, init_output_rate=None, validation=None, **neuron_kwargs):
+          resume=False, progress=True, init_rate=1.0, init_output_rate=None, validation=None, plateau=None,
+          precision="float32", **neuron_kwargs):
     """Train `build_net(spec, ...)` on `dataset` ("mnist", "fmnist", "cifar10") and return a JSON-able dict.
 
     The net is initialised by `build_net` and scaled by `calibrate_init` on the first 256 training
@@ -618,13 +621,15 @@ def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, dev
     refuses a checkpoint of another configuration (every default filled in), other data, or more
     epochs than asked; a weights file without optimizer state (`export_weights`) stands for a finished
     run. `validation=N` holds the last N training images out of training and records their accuracy
-    each epoch (`val_accuracy`), to decide when to stop without the test set. `data=(train, test)`
-    reuses already loaded `Dataset`s. A non-finite loss
+    each epoch (`val_accuracy`); with `plateau=dict(min_epochs=, window=, min_gain=)` too, training
+    stops once `plateaued` (at most `epochs`). `precision="bfloat16"` runs the synaptic layers under
+    bfloat16 autocast. The last three enter the configuration only when set, so that runs begun
+    before them resume. `data=(train, test)` reuses already loaded `Dataset`s. A non-finite loss
     stops the run with a FloatingPointError naming the epoch and step. `neuron_kwargs` go to
     `build_net` (init_gain, init_mean, init_std) and every `MultiThresholdLIF`.
     """
     _check_train_args(dataset, epochs, T, batch_size, lr, seed, subset, test_subset, data, augment, checkpoint,
-                      resume, progress, init_rate, init_output_rate, validation)
+                      resume, progress, init_rate, init_output_rate, validation, plateau, precision)
     device = _check_device(device)
     if device.type == "cpu":
         # Far in the surrogate's tails the chain rule multiplies tiny gradients into denormal floats,
@@ -638,8 +643,9 @@ def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, dev
         init_output_rate = output_start(model_kwargs["s_max"])
     config = dict(spec=spec, dataset=dataset, epochs=epochs, T=T, batch_size=batch_size, lr=lr, seed=seed,
                   subset=subset, test_subset=test_subset, augment=augment, init_rate=init_rate,
-                  init_output_rate=init_output_rate, **model_kwargs,
-                  **({"validation": validation} if validation else {}))  # recorded only when set: old runs resume
+                  init_output_rate=init_output_rate, **model_kwargs, **{k: v for k, v, unset in [
+                      ("validation", validation, None), ("plateau", plateau, None), ("precision", precision, "float32")]
+                      if v != unset})  # recorded only when set: runs begun before these options resume
     train_ds, test_ds = data or (load_dataset(dataset, True, root, device, subset),
                                  load_dataset(dataset, False, root, device, test_subset))
     data_id = dict(train=train_ds.fingerprint(), test=test_ds.fingerprint())
@@ -650,7 +656,7 @@ def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, dev
     torch.manual_seed(seed)
     net = initialised_net(spec, train_ds.x, 10, T=T, init_rate=init_rate, init_output_rate=init_output_rate,
                           **model_kwargs)
-    s_max = net.neurons()[-1].s_max
+    s_max, net.precision = net.neurons()[-1].s_max, precision
     optimizer = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
     history, start = [], 0
     state = load_checkpoint(checkpoint) if resume and checkpoint else None
@@ -675,6 +681,8 @@ def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, dev
     steps = math.ceil(len(train_ds) / batch_size)
     bar = tqdm(total=(epochs - start) * steps, desc=f"{dataset} {spec}", disable=not progress, mininterval=2.0)
     for epoch in range(start, epochs):
+        if plateau and plateaued(history, **plateau):
+            break
         t0 = time.time()
         try:
             losses, correct, output_spikes = train_epoch(
@@ -707,8 +715,16 @@ def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, dev
                 provenance=provenance(), model=net)
 
 
+def plateaued(history, min_epochs=60, window=0.2, min_gain=0.2, key="val_accuracy"):
+    """Whether accuracy `key` has stopped rising: after at least `min_epochs` epochs, the best of the
+    last `window` of them beats the best before by less than `min_gain` points."""
+    n, recent = len(history), max(1, math.ceil(window * len(history)))
+    return n >= max(min_epochs, recent + 1) and (max(h[key] for h in history[-recent:])
+                                                 - max(h[key] for h in history[:-recent]) < min_gain)
+
+
 def _check_train_args(dataset, epochs, T, batch_size, lr, seed, subset, test_subset, data, augment, checkpoint,
-                      resume, progress, init_rate, init_output_rate, validation):
+                      resume, progress, init_rate, init_output_rate, validation, plateau, precision):
     _expect("dataset", dataset, str, lambda v: v in DATASETS, f"one of {DATASETS}")
     for name, value in (("epochs", epochs), ("T", T), ("batch_size", batch_size)):
         _positive_int(name, value)
@@ -730,6 +746,9 @@ def _check_train_args(dataset, epochs, T, batch_size, lr, seed, subset, test_sub
         _positive("init_output_rate", init_output_rate)
     if validation is not None:
         _positive_int("validation", validation)
+    _expect("plateau", plateau, (dict, type(None)), lambda v: v is None or (validation and set(v) <= {
+        "min_epochs", "window", "min_gain"}), "None or a dict of min_epochs, window, min_gain (with validation)")
+    _expect("precision", precision, str, lambda v: v in ("float32", "bfloat16"), '"float32" or "bfloat16"')
 
 
 def load_model(path, device="cpu"):
@@ -743,6 +762,7 @@ def load_model(path, device="cpu"):
     names = set(_keyword_defaults(MultiThresholdLIF.__init__)) | set(_keyword_defaults(build_net))
     net = build_net(cfg["spec"], _IN_SHAPES[cfg["dataset"]], 10, **{k: v for k, v in cfg.items() if k in names})
     net.load_state_dict(state["model"])
+    net.precision = cfg.get("precision", "float32")
     return net.to(_check_device(device))
 
 
