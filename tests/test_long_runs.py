@@ -1,5 +1,6 @@
 """tools/long_runs.py: a run stopped on one machine goes on from the committed checkpoints/ on another."""
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,23 @@ def test_a_stashed_run_resumes_elsewhere_as_if_never_stopped(tmp_path, monkeypat
     assert "optimizer" not in torch.load(stash / "run.pt", weights_only=False)
     again = mt.train("784-800-10", "mnist", checkpoint=stash / "run.pt", **kw)
     assert again["history"] == resumed["history"]
+
+
+needs_cifar = pytest.mark.skipif(not (md.data_root() / "cifar-10-jpeg75").exists() and
+                                 not (md.data_root() / "cifar-10-batches-py").exists(),
+                                 reason=f"CIFAR-10 not under {md.data_root()}")
+
+
+@needs_cifar
+def test_cifar_plateau_run_end_to_end(tmp_path):
+    """The plateau command on 600 images: stops at the plateau (held-out accuracy), trains the twin for
+    as many epochs, reads the network at T = 1-4 and the converted twin at T = 1, 2, and resumes finished."""
+    kw = dict(spec="8C3-P2-16C3-P2-32", T=2, s_max=15, seed=0, precision="float32", checkpoint_dir=tmp_path,
+              threads=1, max_epochs=5, plateau=dict(min_epochs=2, window=0.5, min_gain=100.0), held_out=100,
+              subset=600, test_subset=200)
+    doc = long_runs.cifar(**kw)
+    assert doc["epochs"] == 2 and len(doc["twin_history"]) == 2
+    assert all("val_accuracy" in h for h in doc["history"]) and doc["config"]["validation"] == 100
+    assert set(doc["accuracy_at_T"]) == {1, 2, 3, 4} and set(doc["converted_twin"]["accuracy"]) == {1, 2}
+    assert json.loads((tmp_path / f"{doc['name']}.json").read_text())["epochs"] == 2
+    assert long_runs.cifar(**kw)["history"] == doc["history"]  # resumed: nothing trained again
