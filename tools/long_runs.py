@@ -123,7 +123,7 @@ def cifar(spec, T, s_max, seed, precision, checkpoint_dir, threads, max_epochs=2
     doc = dict(name=name, config=snn["config"], epochs=epochs, history=snn["history"], twin_accuracy=twin_accuracy,
                twin_history=twin_history, accuracy_at_T=at_T, converted_twin=dict(
                    accuracy=converted["accuracy"], ann_accuracy=converted["ann_accuracy"], s_max=15, percentile=99.9),
-               device=snn["device"], provenance=snn["provenance"])
+               precision=precision, compiled=False, device=snn["device"], provenance=snn["provenance"])
     (checkpoint_dir / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
     print(f"{name}: {epochs} epochs, test {snn['test_accuracy']:.2f} %, twin {twin_accuracy:.2f} %, at T {at_T}, "
           f"converted twin {converted['accuracy']}", flush=True)
