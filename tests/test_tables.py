@@ -6,6 +6,7 @@ test set: it must give exactly the accuracy its JSON in figures/ records.
 import json
 import re
 
+import pandas as pd
 import pytest
 import torch
 
@@ -98,15 +99,119 @@ def test_load_model_rebuilds_the_trained_net(tmp_path):
         mt.evaluate(mt.load_model(seed0["checkpoint"]), data[1], 2)["accuracy"])
 
 
+LEDGER_KEYS = {"claim", "verdict", "learned", "silent_outputs", "failure_claim", "min_detectable_difference",
+               "comparable", "source", "numbers", "family", "evidence"}
+
+
 def test_stored_ledger_matches_the_notebooks_json():
     """figures/90_summary.json's ledger is what the stored notebooks' JSON gives today: a notebook
-    rerun without rerunning 90 fails here."""
+    rerun without rerunning 90 fails here. Every row has the issue's fields and one of the six
+    verdicts."""
     stored = json.loads((tb.STORED_DIR / "90_summary.json").read_text())["ledger"]
     fresh = json.loads(json.dumps(tb.claim_ledger(tb.STORED_DIR)))
     assert [{k: v for k, v in e.items() if k != "numbers"} for e in stored] == \
            [{k: v for k, v in e.items() if k != "numbers"} for e in fresh]
     for s, f in zip(stored, fresh):
-        assert s["numbers"] == pytest.approx(f["numbers"], rel=1e-6)
+        assert s["numbers"].keys() == f["numbers"].keys(), s["claim"]
+        for k, v in s["numbers"].items():
+            exact = v is None or isinstance(v, str)
+            assert v == (f["numbers"][k] if exact else pytest.approx(f["numbers"][k], rel=1e-6)), (s["claim"], k)
+        assert LEDGER_KEYS <= s.keys() and s["verdict"] in tb.VERDICTS, s["claim"]
+
+
+def test_no_verdict_rests_on_a_run_that_did_not_learn():
+    """In the ledger computed from the stored JSON, a row whose runs did not all learn says
+    "inconclusive" (or "not run"), unless it is a claim that a setting fails; and the sub-claims the
+    issue lists each have their row."""
+    ledger = tb.claim_ledger(tb.STORED_DIR)
+    for e in ledger:
+        if e["learned"] is False and not e["failure_claim"]:
+            assert e["verdict"] in ("inconclusive", "not run"), e["claim"]
+    claims = " | ".join(e["claim"] for e in ledger)
+    for part in ("same accuracy", "f2 slightly", "small alpha_W", "above 20", "rises with S_max", "saturates",
+                 "rises with T", "nothing beyond T = 3", "training accuracy keeps rising", "Eqs. 11-13",
+                 "rate-coded reading", "T = 1", "conversion of vgg7", "surrogate's area"):
+        assert part in claims, part
+
+
+def test_learned_is_silent_outputs_and_half_the_twins_gain():
+    assert tb.learned(55.0, 100.0, [])  # gain 45 >= 0.5 * 90
+    assert not tb.learned(54.9, 100.0, [])
+    assert not tb.learned(99.0, 100.0, [3])  # a silent output neuron: did not learn, whatever the accuracy
+    assert tb.learned(99.0, 100.0, None)  # silent outputs not recorded: the accuracy decides
+
+
+def _sweep_frame(key, values, silent=None):
+    """A made-up sweep: {point: [accuracy per seed]}, seeds 0.., silent outputs per (point, seed)."""
+    silent = silent or {}
+    return pd.DataFrame([{key: p, "seed": s, "test": a, "train": a, "silent": silent.get((p, s), [])}
+                         for p, accs in values.items() for s, a in enumerate(accs)])
+
+
+def test_rule_a_silent_output_leaves_only_inconclusive():
+    """Fig. 8's rise from S_max = 1 to 7, 20 points beyond any MDD: consistent when every run
+    learned, inconclusive when one run at S_max = 1 has a silent output neuron."""
+    values = {1: [32.0, 32.5, 31.5], 2: [33.0] * 3, 3: [35.0] * 3, 7: [50.0, 50.6, 49.4], 15: [50.2, 50.5, 49.6]}
+    rows = tb.sweep_claims("42_s_max", _sweep_frame("s_max", values), 50.0)
+    assert rows[0]["verdict"] == "consistent" and rows[0]["learned"]
+    rows = tb.sweep_claims("42_s_max", _sweep_frame("s_max", values, {(1, 2): [4]}), 50.0)
+    assert rows[0]["verdict"] == "inconclusive" and rows[0]["learned"] is False and rows[0]["silent_outputs"] == 1
+    assert rows[1]["verdict"] == "consistent"  # 15 vs 7: those runs learned, inside the 1-point margin
+
+
+def test_rule_a_failure_claim_needs_another_setting_that_learned():
+    """Fig. 7's small alpha_W: the runs at 0.2 did not learn, which backs the failure claim only
+    while the runs at 20 learned."""
+    values = {0.2: [15.0, 14.0, 16.0], 2.0: [30.0, 31.0, 30.5], 20.0: [40.0, 40.5, 39.8], 200.0: [40.0] * 3,
+              2000.0: [39.0] * 3}
+    row = tb.sweep_claims("41_alpha_w", _sweep_frame("alpha_w", values, {(0.2, 0): [1]}), 45.0)[0]
+    assert row["failure_claim"] and row["learned"] is False and row["verdict"] == "consistent"
+    row = tb.sweep_claims("41_alpha_w", _sweep_frame("alpha_w", values, {(0.2, 0): [1], (20.0, 1): [5]}), 45.0)[0]
+    assert row["verdict"] == "inconclusive"
+    assert tb.decide("holds", learned=False) == "inconclusive"
+    assert tb.decide("holds", learned=False, failure_claim=True, other_learned=True) == "consistent"
+
+
+def test_rule_an_effect_below_the_mdd_is_inconclusive():
+    """f2 ahead of f1 and f3 by 0.5 points: inconclusive when the seeds scatter by points (paired
+    MDD > 0.5), consistent when every seed shows it (MDD ~0); a one-epoch run seeing the opposite
+    cannot contradict, a run at the paper's epochs can."""
+    noisy = {"f1": [38.0, 36.0, 40.0], "f2": [40.0, 35.0, 41.5], "f3": [37.5, 36.5, 39.5]}
+    row = tb.sweep_claims("40_surrogate_curves", _sweep_frame("surrogate", noisy), 42.0)[1]
+    assert row["min_detectable_difference"] > 0.5 and row["verdict"] == "inconclusive"
+    steady = {"f1": [38.0, 36.0, 40.0], "f2": [38.5, 36.5, 40.6], "f3": [37.9, 36.1, 40.0]}
+    assert tb.sweep_claims("40_surrogate_curves", _sweep_frame("surrogate", steady), 42.0)[1]["verdict"] == \
+        "consistent"
+    worse = {"f1": [38.0, 36.0, 40.0], "f2": [36.0, 34.1, 38.0], "f3": [38.0, 36.0, 40.1]}
+    assert tb.sweep_claims("40_surrogate_curves", _sweep_frame("surrogate", worse), 42.0)[1]["verdict"] == \
+        "inconclusive"
+    assert tb.sweep_claims("40_surrogate_curves", _sweep_frame("surrogate", worse), 42.0,
+                           plateau=True)[1]["verdict"] == "contradicts"
+    assert tb.difference_outcome(0.4, 0.5) == "undecided" and tb.difference_outcome(0.6, 0.5) == "holds"
+    assert tb.sameness_outcome(0.2, 0.5) == "holds" and tb.sameness_outcome(0.2, 1.0) == "undecided"
+
+
+def _table_row(accs, epochs=200, silent=None):
+    return dict(seeds=list(range(len(accs))), accuracy=accs, accuracy_mean=sum(accs) / len(accs),
+                accuracy_std=float(torch.tensor(accs).std()) if len(accs) > 1 else 0.0,
+                silent_outputs=silent or [[] for _ in accs], relu_twin_accuracy=98.7, dataset="mnist",
+                network="784-800-10", epochs=epochs, train_images=60000, test_images=10000,
+                history=[[dict(epoch=e + 1, test_accuracy=a) for e in range(epochs)] for a in accs])
+
+
+def test_rule_like_for_like_tables():
+    """Table 2 (paper 99.15 %) at the paper's settings, 5 seeds, 200 epochs: inside the tolerance ->
+    reproduced; 0.6 points short -> not reproduced with the shortfall stated; one seed at the paper's
+    settings is not like for like (consistent / inconclusive); a silent output -> inconclusive."""
+    e = tb._table_entry("10_mnist_mlp", _table_row([99.0, 99.1, 98.95, 99.05, 99.0]), "full")
+    assert e["comparable"] and e["verdict"] == "reproduced"
+    e = tb._table_entry("10_mnist_mlp", _table_row([98.5, 98.6, 98.55, 98.5, 98.6]), "full")
+    assert e["verdict"] == "not reproduced" and "shortfall 0.60 points" in e["evidence"]
+    assert tb._table_entry("10_mnist_mlp", _table_row([99.0]), "full")["verdict"] == "consistent"
+    assert tb._table_entry("10_mnist_mlp", _table_row([98.5]), "full")["verdict"] == "inconclusive"
+    assert tb._table_entry("10_mnist_mlp", _table_row([99.0] * 5, silent=[[], [], [2], [], []]),
+                           "full")["verdict"] == "inconclusive"
+    assert tb._table_entry("10_mnist_mlp", _table_row([99.0] * 3, epochs=2), "quick")["verdict"] == "not run"
 
 
 def _readme_rows(first_cell):
@@ -152,7 +257,6 @@ def test_readme_quick_table_is_the_json():
 def test_ablation_settings_and_comparisons():
     """The ablations sweep the paper's values on CIFAR-10 with 3 seeds a point, the other settings at
     Table 1; compare_points gives the difference of means and its standard error from the seeds."""
-    import pandas as pd
     for stem, a in tb.ABLATIONS.items():
         quick, full = tb.ablation_settings(stem, "quick"), tb.ablation_settings(stem, "full")
         assert quick["seeds"] == full["seeds"] == [0, 1, 2] and quick["dataset"] == "cifar10"
@@ -168,14 +272,14 @@ def test_ablation_settings_and_comparisons():
         tb.ablation_settings("44_reset_gradient", "quick")
 
 
-def test_stored_ablations_learned():
-    """Every stored ablation point trained at its budget: each seed more than 5 points above chance,
-    the ReLU twin's accuracy beside it (and itself well above chance), a quick run within 10 minutes."""
+def test_stored_ablations_record_what_the_rule_reads():
+    """Every stored ablation point records its seeds' silent output neurons and the ReLU twin (itself
+    well above chance), and a quick run fits 10 minutes."""
     for stem in tb.ABLATIONS:
         doc = json.loads((tb.STORED_DIR / f"{stem}.json").read_text())
         assert doc["profile"] != "quick" or doc["runtime_s"] <= 600, f"{stem}: the quick profile must fit 10 minutes"
         for row in doc["rows"]:
-            assert min(row["accuracy"]) > tb.CHANCE + 5, f"{stem} {row['name']}: {row['accuracy']}"
+            assert len(row["silent_outputs"]) == len(row["seeds"]), f"{stem} {row['name']}"
             assert row["relu_twin_accuracy"] > tb.CHANCE + 20, stem
 
 
@@ -219,3 +323,20 @@ def test_readme_bsnn_table_is_the_json():
     for net, acc in doc["ann_accuracy"].items():
         assert rows[(net, "ANN (ReLU)")][2] == f"{acc:.2f} %", net
     assert len(rows) == len(doc["methods"]) + len(doc["ann_accuracy"]) and doc["images"] == 10_000
+
+
+def ledger_table(ledger):
+    """The README's verdict table, one line per ledger row."""
+    fmt = lambda v: "" if v is None else f"{v:.2f}"
+    learned = {True: "yes", False: "no", None: ""}
+    return ["| claim | verdict | learned | MDD (points) | notebook |", "|---|---|---|---|---|"] + [
+        f"| {e['claim']} | {e['verdict']} | {learned[e['learned']]} | {fmt(e['min_detectable_difference'])} | "
+        f"{e['source']} |" for e in ledger]
+
+
+def test_readme_ledger_table_is_the_json():
+    """The README's verdict table is figures/90_summary.json's ledger, row for row."""
+    readme = (tb.ROOT / "README.md").read_text()
+    block = readme[readme.index("<!-- ledger table -->"):readme.index("<!-- /ledger table -->")]
+    stored = json.loads((tb.STORED_DIR / "90_summary.json").read_text())["ledger"]
+    assert block.strip().splitlines()[1:] == ledger_table(stored)
