@@ -81,7 +81,7 @@ def index_page(titles, ledger):
         f"<tr><td>{html.escape(e['claim'])}</td><td>{html.escape(str(e['paper']))}</td>"
         f"<td>{html.escape(str(e['evidence']))}</td><td>{html.escape(e['verdict'])}</td>"
         f"<td>{'yes' if e['comparable'] else 'no'}</td>"
-        f"<td><a href=\"{e['notebook']}.html\">{e['notebook']}</a></td></tr>"
+        f"<td><a href=\"{e['source']}.html\">{e['source']}</a></td></tr>"
         for e in ledger)
     notebooks = "".join(f'<li><a href="{s}.html">{html.escape(t)}</a></li>' for s, t in titles.items())
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>mtsnn-replication</title>{STYLE}</head><body>"
