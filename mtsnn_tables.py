@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -967,6 +968,77 @@ def gpu_profile_cost(gpu_run_json, bench_json):
 # ----------------------------------------------------------------------------------------------
 # The ablations (notebooks 40-43, Figs. 6-9): one setting swept on CIFAR-10, several seeds a point
 # ----------------------------------------------------------------------------------------------
+
+
+# ----------------------------------------------------------------------------------------------
+# The README's results table (tools/readme_table.py writes it; tests/test_tables.py holds it)
+# ----------------------------------------------------------------------------------------------
+README_RESULTS_MARKERS = ("<!-- results:begin -->", "<!-- results:end -->")
+DATASET_NAMES = {"mnist": "MNIST", "fmnist": "FashionMNIST", "cifar10": "CIFAR-10",
+                 "cifar10-jpeg75": "CIFAR-10, JPEG-75 copy"}
+
+
+def _hardware(row):
+    """Where its seeds ran: 'cpu (Intel(R) Xeon(R) Processor, 1 threads)' -> 'CPU (Intel Xeon, 1 thread)'
+    (a GPU's name as it stands), 'each' when several seeds ran alike."""
+    devices = sorted(set(row.get("run_device") or [row["hardware"]]))
+    short = [re.sub(r"\b1 threads\b", "1 thread", d.replace("(R)", "").replace(" Processor", "")) for d in devices]
+    short = ["CPU" + d[3:] if d.startswith("cpu (") else d for d in short]
+    return " / ".join(short) + (" each" if len(row["seeds"]) > 1 and len(devices) == 1 else "")
+
+
+def readme_results_table(figures_dir=STORED_DIR):
+    """The README's results table, as markdown lines: per paper table (Tables 2-6) the paper's
+    accuracy, ours (last epoch; the best epoch of a single run, or mean ± sd over seeds), the ReLU
+    twin, the ledger's verdict (`figures/90_summary.json`, RULE) and how the run behind it was made
+    (profile, network where it is not the paper's, images, epochs, learning rate where it is not
+    the paper's, seeds, hardware), read from `figures_dir`/<notebook>.json; then the ledger's
+    verdicts counted."""
+    figures_dir = Path(figures_dir)
+    ledger = json.loads((figures_dir / "90_summary.json").read_text())["ledger"]
+    lines = ["| paper result | paper | ours, last epoch | ReLU twin | verdict | how it was run |",
+             "|---|---|---|---|---|---|"]
+    for stem, t in TABLES.items():
+        verdicts = [e["verdict"] for e in ledger if e["source"] == stem and e["family"] == "Tables 2-6"]
+        if len(verdicts) != 1:
+            raise ValueError(f"the ledger of 90_summary.json has {len(verdicts)} rows for {stem}'s table, not 1")
+        path = figures_dir / f"{stem}.json"
+        if not path.exists():
+            lines.append(f"| {t.table}, {DATASET_NAMES[t.dataset]} {t.paper_spec} | {t.paper_accuracy:.2f} % | "
+                         f"— | — | {verdicts[0]} | no stored run |")
+            continue
+        doc = json.loads(path.read_text())
+        row, n = doc["rows"][0], len(doc["rows"][0]["seeds"])
+        ours = f"**{row['accuracy_mean']:.2f} %**"
+        if n > 1:
+            ours += f" ± {row['accuracy_std']:.2f} ({n} seeds)"
+        elif row["epochs"] > 1:
+            ours += f" (best epoch: {row['accuracy_best'][0]:.2f} % at {row['best_epoch'][0]})"
+        how = [f"{doc['profile']} profile"]
+        if row["network"] != t.paper_spec:
+            how.append(f"a narrower network, {row['network']}")
+        how.append(f"{row['train_images']:,} images ({DATASET_NAMES[row['dataset']]})")
+        how.append(f"{row['epochs']} of {PAPER_EPOCHS} epochs")
+        lr = row["config"]["lr"]
+        if lr != mt.PAPER_LR[t.dataset]:
+            how.append(f"lr {lr:g} (paper {mt.PAPER_LR[t.dataset]:g})")
+        how.append(f"{n} seeds" if n > 1 else f"seed {row['seeds'][0]} only")
+        how.append(_hardware(row))
+        lines.append(f"| {t.table}, {DATASET_NAMES[t.dataset]} {t.paper_spec} | {t.paper_accuracy:.2f} % | {ours} | "
+                     f"{row['relu_twin_accuracy']:.2f} % | {verdicts[0]} | {', '.join(how)} |")
+    counts = [(v, sum(e["verdict"] == v for e in ledger)) for v in VERDICTS]
+    lines += ["", f"Notebook 90's ledger, {len(ledger)} claims: "
+              + ", ".join(f"{v} {c}" for v, c in counts if c) + "."]
+    return lines
+
+
+def readme_with_results(readme_text, figures_dir=STORED_DIR):
+    """`readme_text` with the block between README_RESULTS_MARKERS replaced by readme_results_table."""
+    begin, end = README_RESULTS_MARKERS
+    if begin not in readme_text or end not in readme_text:
+        raise ValueError(f"the README lacks the markers {begin} and {end}")
+    head, rest = readme_text.split(begin, 1)
+    return "\n".join([head + begin, *readme_results_table(figures_dir), end + rest.split(end, 1)[1]])
 
 
 # The quick ablations train a shallow CIFAR-10 network (Table 5's shape with 512 hidden units) at
