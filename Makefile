@@ -37,7 +37,7 @@ notebooks: notebooks/90_summary.ipynb
 notebooks/90_summary.ipynb: $(NOTEBOOKS)
 # The full profile checkpoints every run under runs/: the same command again resumes where it stopped.
 CHECKPOINTS := $(if $(filter full,$(PROFILE)),-p CHECKPOINT_DIR ../runs)
-# EXECUTOR=slurm CLUSTER='{"partition": ...}': the table and sweep notebooks send each run (seed, sweep point) to Slurm (README, "On a cluster")
+# EXECUTOR=slurm CLUSTER='{"partition": ...}': the table and sweep notebooks send each run (seed, sweep point) to Slurm (docs/cluster.md)
 SWEEP_NOTEBOOKS := $(wildcard notebooks/[1-3][0-9]_*.ipynb notebooks/4[0-35]_*.ipynb)
 $(SWEEP_NOTEBOOKS): CLUSTER_ARGS := $(if $(EXECUTOR),-p EXECUTOR $(EXECUTOR) -p CLUSTER '$(or $(CLUSTER),{})')
 # DEVICE=cpu runs the full profile on a CPU (it refuses to fall back to one by itself); DEVICE=cuda:1 picks a GPU

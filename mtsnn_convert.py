@@ -332,7 +332,7 @@ class VGG(nn.Module):
 # continues from distilled's network with the same teachers for 20 epochs at its peak lr 0.01, held
 # constant, and averages the weights of those epochs (stochastic weight averaging). "distilled_long"
 # distils from the same teachers from the start, with long_cutout's 200 epochs: 90.28 %, the only one
-# at 90 % (distilled 89.94, distilled_swa 89.68 %). README: results.
+# at 90 % (distilled 89.94, distilled_swa 89.68 %). docs/conversion.md: results.
 CIFAR10_ANNS = {"resnet20": lambda: ResNet(3, (16, 32, 64), 3), "vgg7": lambda: VGG(3, (64, 128, 256), 2)}
 ANN_RECIPES = {"standard": dict(epochs=100, lr=0.1, optimizer="sgd", weight_decay=5e-4, batch_size=128, seed=0)}
 ANN_RECIPES["long_cutout"] = dict(ANN_RECIPES["standard"], epochs=200, cutout_size=8, bf16=True)
@@ -371,7 +371,7 @@ def load_cifar10_ann(name, weights_dir=None, device="cpu", recipe="standard"):
     path = Path(weights_dir or Path(__file__).resolve().parent / "weights") / ann_weights_file(name, recipe)
     if not path.exists():
         raise FileNotFoundError(f"no stored ANN at {path}: train it with `python tools/train_conversion_anns.py "
-                                f"--nets {name} --recipe {recipe}` (README, notebook 51)")
+                                f"--nets {name} --recipe {recipe}` (docs/conversion.md, notebook 51)")
     state = torch.load(path, map_location="cpu", weights_only=False)
     net = CIFAR10_ANNS[name]()
     net.load_state_dict(state["model"])

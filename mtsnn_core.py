@@ -458,7 +458,7 @@ def calibrate_init(net, images, rate=1.0, output_rate=None, T=2):
     nine wrong classes outweighs "more spikes" on the right one, and Adam's first steps push whole
     output neurons below threshold, where the surrogate is ~0 and none ever fires again. A start
     fixed in spikes per step (0.25) sat above that point at S_max = 1 (0.1) and lost output neurons
-    there; relative to S_max it keeps them (README, "Choices")."""
+    there; relative to S_max it keeps them (docs/choices.md)."""
     _expect("net", net, SpikingNet, expected="a SpikingNet from build_net (with spiking neurons)")
     _expect("images", images, torch.Tensor, lambda v: v.dim() >= 2 and len(v) >= 1, "a tensor [N, ...] of images")
     _positive("rate", rate)

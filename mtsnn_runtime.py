@@ -47,8 +47,8 @@ def pick_device(device="auto", profile=None):
     The full profile (the paper's settings: CPU weeks for Table 6) refuses to fall back to a CPU:
     ask for it by name (device="cpu") to run it there anyway."""
     if device == "auto" and profile == "full" and not torch.cuda.is_available():
-        raise RuntimeError("the full profile found no GPU; it takes days to weeks of CPU time (README, 'On a "
-                           "GPU'). To run it on this CPU anyway, ask for it: DEVICE='cpu' "
+        raise RuntimeError("the full profile found no GPU; it takes days to weeks of CPU time (docs/gpu.md, "
+                           "'On a GPU'). To run it on this CPU anyway, ask for it: DEVICE='cpu' "
                            "(papermill -p DEVICE cpu, or make PROFILE=full DEVICE=cpu)")
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else str(_check_device(device))
 

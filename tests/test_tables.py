@@ -214,37 +214,84 @@ def test_rule_like_for_like_tables():
     assert tb._table_entry("10_mnist_mlp", _table_row([99.0] * 3, epochs=2), "quick")["verdict"] == "not run"
 
 
-def _readme_rows(first_cell):
-    """(notebook stem, cells) of each README table row whose first cell matches `first_cell`, a
-    regex whose group 1 is the paper's table ("Table 2"); one row per table."""
+README, RESULTS_DOC, GPU_DOC, CONVERSION_DOC = (tb.ROOT / "README.md", tb.ROOT / "docs" / "results.md",
+                                                tb.ROOT / "docs" / "gpu.md", tb.ROOT / "docs" / "conversion.md")
+
+
+def _readme_rows(first_cell, path=README):
+    """(notebook stem, cells) of each table row of `path` (README.md or a docs/ page) whose first
+    cell matches `first_cell`, a regex whose group 1 is the paper's table ("Table 2"); one row per table."""
     by_table = {t.table: stem for stem, t in tb.TABLES.items()}
-    lines = (tb.ROOT / "README.md").read_text().splitlines()
+    lines = path.read_text().splitlines()
     rows = [(by_table[m.group(1)], [c.strip() for c in line.strip("|").split(" | ")])
             for line in lines if (m := re.match(first_cell, line))]
     assert len(rows) == len(tb.TABLES)
     return rows
 
 
+def _readme_results_block(text):
+    begin, end = tb.README_RESULTS_MARKERS
+    return text[text.index(begin) + len(begin):text.index(end)].strip("\n").splitlines()
+
+
 def test_readme_results_are_the_json():
-    """Every row of the README's results table quotes its notebook's JSON: our accuracy (bold),
-    its best epoch, the ReLU twin's, and the seeds."""
+    """Every row of the README's results table quotes its notebook's JSON and the ledger, read here
+    independently of the renderer: the paper's accuracy, ours (bold), its best epoch, the ReLU
+    twin's, the verdict, the seeds, the epochs and the profile."""
+    ledger = json.loads((tb.STORED_DIR / "90_summary.json").read_text())["ledger"]
     for stem, cells in _readme_rows(r"\| (Table \d), "):
-        row = json.loads((tb.STORED_DIR / f"{stem}.json").read_text())["rows"][0]
-        assert re.search(r"\*\*([\d.]+) %\*\*", cells[3]).group(1) == f"{row['accuracy_mean']:.2f}", stem
-        assert cells[4] == f"{row['relu_twin_accuracy']:.2f} %", stem
-        best = re.search(r"best epoch: ([\d.]+) % at (\d+)", cells[3])
+        doc = json.loads((tb.STORED_DIR / f"{stem}.json").read_text())
+        row = doc["rows"][0]
+        assert cells[1] == f"{tb.TABLES[stem].paper_accuracy:.2f} %", stem
+        assert re.search(r"\*\*([\d.]+) %\*\*", cells[2]).group(1) == f"{row['accuracy_mean']:.2f}", stem
+        assert cells[3] == f"{row['relu_twin_accuracy']:.2f} %", stem
+        assert [cells[4]] == [e["verdict"] for e in ledger if e["source"] == stem and e["family"] == "Tables 2-6"]
+        best = re.search(r"best epoch: ([\d.]+) % at (\d+)", cells[2])
         if best:
             assert best.groups() == (f"{row['accuracy_best'][0]:.2f}", str(row["best_epoch"][0])), stem
         if len(row["seeds"]) > 1:
-            assert f"± {row['accuracy_std']:.2f} ({len(row['seeds'])} seeds)" in cells[3], stem
+            assert f"± {row['accuracy_std']:.2f} ({len(row['seeds'])} seeds)" in cells[2], stem
         else:
             assert "seed 0 only" in cells[5], stem
+        assert cells[5].startswith(f"{doc['profile']} profile") and f", {row['epochs']} of 200 epochs," in cells[5]
 
 
-def test_readme_quick_table_is_the_json():
-    """The README's quick-profile rows quote figures/quick/<stem>.json (or the stored quick JSON):
+def test_readme_results_block_is_what_the_json_renders():
+    """README.md's block between the results markers is mtsnn_tables.readme_results_table of the
+    stored JSON, line for line (`python tools/readme_table.py --write` regenerates it), in the
+    README's first 60 lines with both commands; a moved number in the JSON would fail this."""
+    text = README.read_text()
+    assert _readme_results_block(text) == tb.readme_results_table(tb.STORED_DIR)
+    first = "\n".join(text.splitlines()[:60])
+    assert all(m in first for m in tb.README_RESULTS_MARKERS) and "\nmake  " in first and "\nmake test " in first
+    assert len(text.encode()) <= 12 * 1024, "README.md is the front door: at most 12 KB"
+    assert tb.readme_with_results(text) == text
+
+
+def test_readme_results_table_follows_the_json(tmp_path):
+    """The renderer reads the JSON: a moved accuracy or verdict in a copy of figures/ changes its
+    table, and rewriting a README from that copy puts the new number between the markers."""
+    for p in tb.STORED_DIR.glob("*.json"):
+        (tmp_path / p.name).write_text(p.read_text())
+    doc = json.loads((tmp_path / "10_mnist_mlp.json").read_text())
+    doc["rows"][0]["accuracy_mean"] = 12.34
+    (tmp_path / "10_mnist_mlp.json").write_text(json.dumps(doc))
+    summary = json.loads((tmp_path / "90_summary.json").read_text())
+    next(e for e in summary["ledger"] if e["source"] == "11_mnist_cnn")["verdict"] = "contradicts"
+    (tmp_path / "90_summary.json").write_text(json.dumps(summary))
+    lines = tb.readme_results_table(tmp_path)
+    assert lines != tb.readme_results_table(tb.STORED_DIR)
+    assert any(line.startswith("| Table 2,") and "**12.34 %**" in line for line in lines)
+    assert any(line.startswith("| Table 3,") and "| contradicts |" in line for line in lines)
+    assert _readme_results_block(tb.readme_with_results(README.read_text(), tmp_path)) == lines
+    with pytest.raises(ValueError, match="markers"):
+        tb.readme_with_results("# no table here\n")
+
+
+def test_results_doc_quick_table_is_the_json():
+    """docs/results.md's quick-profile rows quote figures/quick/<stem>.json (or the stored quick JSON):
     mean, standard deviation and seeds, the ReLU twin, and the notebook's minutes."""
-    for stem, cells in _readme_rows(r"\| (Table \d) quick \|"):
+    for stem, cells in _readme_rows(r"\| (Table \d) quick \|", RESULTS_DOC):
         path = tb.STORED_DIR / "quick" / f"{stem}.json"
         doc = json.loads((path if path.exists() else tb.STORED_DIR / f"{stem}.json").read_text())
         row = doc["rows"][0]
@@ -283,10 +330,10 @@ def test_stored_ablations_record_what_the_rule_reads():
             assert row["relu_twin_accuracy"] > tb.CHANCE + 20, stem
 
 
-def test_readme_gpu_tables_are_the_json():
-    """The README's GPU rows quote the stored H200 measurements: the step times of the two benchmark
+def test_gpu_doc_tables_are_the_json():
+    """docs/gpu.md's rows quote the stored H200 measurements: the step times of the two benchmark
     runs and, per notebook, mtsnn_tables.gpu_profile_cost's hours."""
-    readme = (tb.ROOT / "README.md").read_text()
+    readme = GPU_DOC.read_text()
     bench = {(r["net"], r["variant"]): r
              for r in json.loads((tb.STORED_DIR / "bench_step_cuda.json").read_text())["rows"]}
     kernels = {(r["net"], r["variant"]): r
@@ -306,11 +353,11 @@ def test_readme_gpu_tables_are_the_json():
 
 
 
-def test_readme_bsnn_table_is_the_json():
-    """The README's notebook-51 rows quote figures/51_bsnn_cifar10.json: accuracy at T = 2, 32 and
-    256, the steps to within 1 and 0.5 points of the ANN, the time per image, and the ANNs."""
+def test_conversion_doc_bsnn_table_is_the_json():
+    """docs/conversion.md's notebook-51 rows quote figures/51_bsnn_cifar10.json: accuracy at T = 2, 32
+    and 256, the steps to within 1 and 0.5 points of the ANN, the time per image, and the ANNs."""
     doc = json.loads((tb.STORED_DIR / "51_bsnn_cifar10.json").read_text())
-    readme = (tb.ROOT / "README.md").read_text()
+    readme = CONVERSION_DOC.read_text()
     block = readme[readme.index("<!-- bsnn table -->"):readme.index("<!-- /bsnn table -->")]
     cells_of = lambda line: [c.strip() for c in line.strip().strip("|").split("|")]
     rows = {tuple(cells_of(line)[:2]): cells_of(line) for line in block.splitlines()[3:] if line.startswith("| ")}
@@ -326,7 +373,7 @@ def test_readme_bsnn_table_is_the_json():
 
 
 def ledger_table(ledger):
-    """The README's verdict table, one line per ledger row."""
+    """docs/results.md's verdict table, one line per ledger row."""
     fmt = lambda v: "" if v is None else f"{v:.2f}"
     learned = {True: "yes", False: "no", None: ""}
     return ["| claim | verdict | learned | MDD (points) | notebook |", "|---|---|---|---|---|"] + [
@@ -334,9 +381,9 @@ def ledger_table(ledger):
         f"{e['source']} |" for e in ledger]
 
 
-def test_readme_ledger_table_is_the_json():
-    """The README's verdict table is figures/90_summary.json's ledger, row for row."""
-    readme = (tb.ROOT / "README.md").read_text()
+def test_results_doc_ledger_table_is_the_json():
+    """docs/results.md's verdict table is figures/90_summary.json's ledger, row for row."""
+    readme = RESULTS_DOC.read_text()
     block = readme[readme.index("<!-- ledger table -->"):readme.index("<!-- /ledger table -->")]
     stored = json.loads((tb.STORED_DIR / "90_summary.json").read_text())["ledger"]
     assert block.strip().splitlines()[1:] == ledger_table(stored)
