@@ -97,15 +97,15 @@ def test_resnet_shortcut_gets_one_phase_of_delay_only_when_synchronised():
     net = mc.ResNet(1, (4, 8), 1, stem_stride=2).eval()
     x = torch.randn(20, 1, 12, 12)
     delays = lambda snn: [m.delay for m in snn.modules() if isinstance(m, mc.Synchronous)]
-    assert delays(mc.convert(net, x, period=5, sync=True)) == [5, 5]
-    assert delays(mc.convert(net, x, period=5, sync=False)) == [0, 0]
+    assert delays(mc.convert(net, x, burst_phase=5, sync=True)) == [5, 5]
+    assert delays(mc.convert(net, x, burst_phase=5, sync=False)) == [0, 0]
     assert delays(mc.convert(net, x, sync=True)) == [0, 0]
 
 
 @pytest.mark.parametrize("depth", [0, 2])
 def test_bistable_neuron_fires_only_in_its_firing_phase(depth):
     period, T = 4, 48
-    layer = mc.IFLayer(theta=1.0, period=period, depth=depth)
+    layer = mc.IFLayer(theta=1.0, burst_phase=period, depth=depth)
     x = torch.rand(T, 64, generator=torch.Generator().manual_seed(depth)) * 0.9 + 0.3  # a plain IF neuron fires at once
     spikes = torch.cat([layer(x[:13]), layer(x[13:])])
     phase = torch.arange(T) // period - depth
@@ -122,7 +122,7 @@ def test_bistable_neuron_ignores_negative_net_input():
     x = torch.cat([torch.full((4, 1), 2.0), torch.full((4, 1), -3.0)]).repeat(4, 1)  # mean -0.5
     plain = mc.IFLayer(1.0)(x)
     assert plain.sum() > 0  # spikes of an inactivated neuron (SIN)
-    bistable = mc.IFLayer(1.0, period=8)(x)
+    bistable = mc.IFLayer(1.0, burst_phase=8)(x)
     assert bistable.sum() == 0
 
 
@@ -220,7 +220,7 @@ def test_no_answer_before_the_bistable_pipeline_reaches_the_readout():
     torch.manual_seed(0)
     ann = mc.ann_net("784-20-20-10", (1, 28, 28)).eval()
     x, y = torch.rand(16, 1, 28, 28), torch.zeros(16, dtype=torch.long)
-    snn = mc.convert(ann, x, period=2)
+    snn = mc.convert(ann, x, burst_phase=2)
     r = mc.evaluate_conversion(snn, ann, _Images(x, y), T_read=range(1, 17), batch_size=16, chunk=4)
     first = next(t for t in range(1, 17) if (r["predictions"][t - 1] != -1).any())
     assert first == 5  # readout at depth 2 integrates in phase 2: steps 4, 5 (0-based)
