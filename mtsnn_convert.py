@@ -958,7 +958,8 @@ def convert(ann, calib_x, percentile=99.9, s_max=1, burst_phase=None, keep_resid
                               else SpikePool(m.kernel_size))
             else:
                 stages.append(synapse(m))
-        if len(stages) > 1 and isinstance(stages[1], SpikePool) and code is None and (burst_phase is None or keep_residue):
+        pooled_next = len(stages) > 1 and isinstance(stages[1], SpikePool)
+        if pooled_next and code is None and (burst_phase is None or keep_residue):
             # The first layer's cumulative spike count is a non-decreasing function of its constant
             # input current, so max pooling commutes with it: pool the current, then fire (4x fewer
             # neurons). The SIN statistics of that layer then refer to the pooled units.
