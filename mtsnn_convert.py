@@ -1047,10 +1047,12 @@ def _evaluate_images(snn, ann, x, y, T, batch_size, chunk):
 
 def _chunk_key(snn, ann, T, batch_size, chunk, chunk_images, config):
     """What a stored chunk must share with the run that reads it: the caller's `config`, the
-    converted network (its modules' description and a hash of its parameters), the ANN's
+    converted network (its modules' description, its spiking layers' thresholds and settings in
+    full precision, a hash of its parameters), the ANN's
     parameters, the steps, the batch and time-chunk sizes, the chunk size and the code."""
-    return dict(config=config, snn=repr(snn), snn_digest=_digest(snn), ann_digest=_digest(ann), T_max=T,
-                batch_size=batch_size, chunk=chunk, chunk_images=chunk_images, code=_code_digest())
+    layers = [(type(m).__name__, m.theta, m.s_max, m.u0, m.depth, m.keep_residue, m.mask_pool) for m in snn.if_layers()]
+    return dict(config=config, snn=repr(snn), layers=layers, snn_digest=_digest(snn), ann_digest=_digest(ann),
+                T_max=T, batch_size=batch_size, chunk=chunk, chunk_images=chunk_images, code=_code_digest())
 
 
 def _run_chunks(snn, ann, data, T, batch_size, chunk, store, chunk_images, config, stop_at):

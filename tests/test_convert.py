@@ -451,6 +451,22 @@ def test_phase_coded_neuron_transmits_a_constant_input_in_one_period(K):
                                atol=1e-12)  # saturated: all K spikes every period
 
 
+def test_phase_code_settings():
+    """Analog input "phase": I 2^-(k+1) / (1 - 2^-K) at phase k, a period total of I; "period": I
+    at phase 0. Bistable gates: accumulate from period `depth`, emit from the next."""
+    K = 5
+    spread, once = (mc.PhaseCode(K, analog_input=a).input_weights(0, 3 * K).view(3, K) for a in ("phase", "period"))
+    assert torch.allclose(spread.sum(1), torch.ones(3)) and (spread[:, :-1] / spread[:, 1:] == 2).all()
+    assert (once == torch.tensor([1.0] + [0.0] * (K - 1))).all()
+    acc, emit = mc.PhaseCode(2, bistable=True).gates(0, 8, 1)
+    assert acc == [False] * 2 + [True] * 6 and emit == [False] * 4 + [True] * 4
+    acc, emit = mc.PhaseCode(2, bistable=True, alternate=True).gates(0, 10, 1)
+    assert acc == [False, False, True, True, False, False, True, True, False, False]
+    assert emit == [False, False, False, False, True, True, False, False, True, True]
+    with pytest.raises(ValueError, match="analog_input"):
+        mc.PhaseCode(4, analog_input="step")
+
+
 def reference_bistable(x, K, depth, alternate=False):
     """Period totals a bistable phase-coded layer emits (units of theta): it accumulates the input
     of periods depth, depth+1, ... (alternating: depth, depth+2, ...) and emits in the next
