@@ -1,22 +1,37 @@
-"""ANN -> SNN conversion baseline: plain rate conversion, BSNN's bistable and synchronous neurons,
-and a multi-threshold IF conversion target.
+"""ANN -> SNN conversion baseline: plain rate conversion, multi-threshold IF, phase coding
+(Kim et al. 2018), and two readings of BSNN's bistable and synchronous neurons.
 
 The conversion paper (Li, Zhao & Zeng 2021, *BSNN*, arXiv 2105.12917) is known only by its
-abstract; every dynamic below is our reading of it and is stated where it is implemented.
+abstracts and citing texts (paper/bsnn.md); every dynamic below is our reading of them and is
+stated where it is implemented. Two readings of its bistable neurons:
+- the *rate-coded reading* (`burst_phase` P, `phase_gates`, `IFLayer`): equal-weight spikes in
+  gated phases, a layer integrates for P steps, then fires a burst for P steps (designed from the
+  abstract alone);
+- the *bistable phase-coded reading* (`phase_period` K, `PhaseCode(bistable=True)`,
+  `PhaseCodedLayer`): a neuron accumulates for one period of K steps and emits the accumulated
+  value in phase code (Kim et al. 2018: a spike at phase k weighs 2^-(k+1)) during the next, each
+  layer one period behind the one below (what citing texts suggest BSNN was; not confirmed).
+`burst_phase` (P, one phase of the rate-coded reading) and `phase_period` (K, one period of the
+phase code) are different things and named apart.
+
 Contents, top to bottom:
 
 1. `train_ann`: the ReLU network of `mt.build_net(..., activation=nn.ReLU)` (or `ResNet`) trained
    with cross-entropy + Adam on the on-device data
 2. `ResNet`: basic blocks, identity / 1x1 shortcuts, batch norm (folded away before conversion)
 3. the spiking layers: `IFLayer` (integrate-and-fire, soft reset, optional multi-threshold and
-   bistable phases), `SpikePool`, `Synchronous` (the delay line on a shortcut), `Readout`
+   the rate-coded reading's bistable phases), `SpikePool`, `Synchronous` (the delay line on a
+   shortcut), `PhaseCode`, `PhaseCodedLayer`, `PhaseSynapse`, `PeriodPool`, `ConvertedSNN`;
+   `latency_floor` and `step_cap` (how many steps to run each reading), `trace_phase_neuron`
 4. `convert`: threshold balancing from the p-th percentile of each layer's ANN activations
-5. `evaluate_conversion`: one T_max-step run gives the accuracy at every T in `T_READ`, the
-   agreement with the ANN and the spikes of inactivated neurons (SIN) per layer
+5. `evaluate_conversion`: one T_max-step run (resumable in chunks of images stored on disk) gives
+   the accuracy at every T read, the agreement with the ANN and the spikes of inactivated neurons
+   (SIN) per layer
 
-Conventions. A spiking layer's output is its spike count times the value one spike carries,
+Conventions. A spiking IF layer's output is its spike count times the value one spike carries,
 theta/s_max (theta = the layer's balanced threshold): this is the same as Diehl/Rueckauer weight
-normalisation (W_l * theta_{l-1}/theta_l, threshold 1) without touching the weights. Time is run
+normalisation (W_l * theta_{l-1}/theta_l, threshold 1) without touching the weights; a layer's
+value is sent per step. A phase-coded layer's value is its period total (`PhaseCode`). Time is run
 in chunks of `chunk` steps: every layer runs all steps of a chunk before the next layer, the
 synaptic layers once on [steps*batch, ...]; only the neurons loop over time (elementwise).
 """
@@ -26,6 +41,7 @@ import copy
 import hashlib
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,7 +51,7 @@ import torch.nn.functional as F
 import mtsnn_core as mt
 import mtsnn_runs as mr
 import mtsnn_runtime as rt
-from mtsnn_base import _expect
+from mtsnn_base import _atomic_save, _expect
 
 T_READ = tuple(2 ** k for k in range(9))  # 1, 2, 4, ..., 256
 
@@ -395,14 +411,15 @@ def fold_bn(conv_bn):
 # ----------------------------------------------------------------------------------------------
 
 
-def phase_gates(t0, steps, period, depth, device=None):
-    """Bistable phases of the layer at `depth` (0 = first spiking layer) for steps t0..t0+steps-1.
+def phase_gates(t0, steps, burst_phase, depth, device=None):
+    """Bistable phases of the rate-coded reading (equal-weight spikes in gated phases) for the
+    layer at `depth` (0 = first spiking layer) and steps t0..t0+steps-1.
 
-    Time is cut into phases of `period` steps, p = t // period. The layer at depth d integrates in
+    Time is cut into phases of `burst_phase` steps (P), p = t // P. The layer at depth d integrates in
     phases p = d, d+2, d+4, ... and fires in phases d+1, d+3, ...; before phase d it is silent.
     So layer d+1 integrates exactly while layer d fires, and each layer fires only what it
     accumulated over a whole phase of its input. Returns boolean masks (integrate, fire)."""
-    rel = torch.arange(t0, t0 + steps, device=device) // period - depth
+    rel = torch.arange(t0, t0 + steps, device=device) // burst_phase - depth
     return (rel >= 0) & (rel % 2 == 0), (rel > 0) & (rel % 2 == 1)
 
 
@@ -415,21 +432,23 @@ class IFLayer(nn.Module):
     which can pass up to theta per step like the IF neuron but in S levels instead of one.
     The membrane starts at u0*q.
 
-    `period` makes the neuron bistable (BSNN): it integrates only in its integrating phases
-    (input arriving during its firing phase is ignored), fires only in its firing phases (at most
-    s_max spikes per step, so up to period*s_max per phase); `keep_residue=False` clears the
-    membrane at the start of every integrating phase. `constant=True` (first layer, constant input
-    current, not bistable) uses the closed form N(t) = clamp(floor((u0*q + (t+1)*I)/q), 0, s_max*(t+1))
-    for the spike count up to step t instead of the time loop.
+    `burst_phase` (P steps) makes the neuron bistable in the *rate-coded reading* of BSNN (our
+    first reading, from the abstract alone: equal-weight spikes in gated phases): it integrates only
+    in its integrating phases of P steps (input arriving during its firing phase is ignored), fires
+    only in its firing phases (at most s_max spikes per step, so up to P*s_max per phase);
+    `keep_residue=False` clears the membrane at the start of every integrating phase.
+    `constant=True` (first layer, constant input current, not bistable) uses the closed form
+    N(t) = clamp(floor((u0*q + (t+1)*I)/q), 0, s_max*(t+1)) for the spike count up to step t
+    instead of the time loop.
 
     Statistics: `inactive` (boolean mask [B, ...] of neurons whose ANN activation is zero, set by
     the caller) -> `spikes_total` and `spikes_inactive`, spike counts per step summed over the
     batch and the neurons, accumulated over batches until `clear_stats`.
     """
 
-    def __init__(self, theta, s_max=1, period=None, depth=0, keep_residue=True, constant=False, u0=0.0):
+    def __init__(self, theta, s_max=1, burst_phase=None, depth=0, keep_residue=True, constant=False, u0=0.0):
         super().__init__()
-        self.theta, self.s_max, self.period, self.depth = float(theta), int(s_max), period, depth
+        self.theta, self.s_max, self.burst_phase, self.depth = float(theta), int(s_max), burst_phase, depth
         self.keep_residue, self.constant, self.u0 = keep_residue, constant, u0
         self.inactive, self.mask_pool = None, None
         self.clear_stats()
@@ -445,17 +464,17 @@ class IFLayer(nn.Module):
         q, steps = self.theta / self.s_max, x.shape[0]
         if self.u is None:  # the membrane in units of q: spikes are floor(u), the reset u -= s
             self.u = torch.full_like(x[0], float(self.u0))
-        if self.constant and self.period is None:
+        if self.constant and self.burst_phase is None:
             s = self._closed_form(x[0] / q, steps)
         else:
             x, s = x / q, torch.empty_like(x)
-            if self.period is not None:
-                integ, fire = (m.tolist() for m in phase_gates(self.t, steps, self.period, self.depth))
+            if self.burst_phase is not None:
+                integ, fire = (m.tolist() for m in phase_gates(self.t, steps, self.burst_phase, self.depth))
             for k in range(steps):
-                if self.period is None:
+                if self.burst_phase is None:
                     self.u += x[k]
                 elif integ[k]:
-                    if not self.keep_residue and (self.t + k) % self.period == 0:
+                    if not self.keep_residue and (self.t + k) % self.burst_phase == 0:
                         self.u.zero_()
                     self.u += x[k]
                     s[k].zero_()
@@ -494,7 +513,7 @@ class IFLayer(nn.Module):
             self.spikes_inactive[self.t - len(s):self.t] += inactive
 
     def extra_repr(self):
-        return (f"theta={self.theta:.4g}, s_max={self.s_max}, period={self.period}, depth={self.depth}, "
+        return (f"theta={self.theta:.4g}, s_max={self.s_max}, burst_phase={self.burst_phase}, depth={self.depth}, "
                 f"keep_residue={self.keep_residue}, constant={self.constant}")
 
 
@@ -555,16 +574,219 @@ class SpikingBlock(nn.Module):
         return self.if_b(self.conv2(self.if_a(self.conv1(x))) + self.sync(self.shortcut(x)))
 
 
+@dataclass(frozen=True)
+class PhaseCode:
+    """Phase coding (Kim, Kim, Kim & Kim 2018, *Deep neural networks with weighted spikes*,
+    Neurocomputing) and our bistable phase-coded reading of BSNN: what every phase-coded module of
+    a converted network (`PhaseCodedLayer`, `PhaseSynapse`, `PeriodPool`, the readout) shares.
+
+    Taken from Kim et al. 2018 (as the citing texts and survey quoted in paper/bsnn.md and issue 35
+    describe it; its full text was not reachable): time is cut into periods of K = `phase_period`
+    steps; a spike at phase k = t mod K (k = 0..K-1) weighs 2^-(k+1), times the layer's threshold
+    theta (our scale: the percentile-balanced threshold, as for the IF neurons); the firing
+    threshold at phase k follows the weight (theta * 2^-(k+1)); the membrane is reset by subtracting
+    that weight. One period of binary spikes so transmits a K-bit value in [0, theta (1 - 2^-K)].
+
+    Taken from BSNN's abstracts (arXiv 2105.12917; Frontiers 16:991851: "more accurate delivery of
+    information to the next layer after one cycle") and the citing texts, as issue 35 reads them:
+    `bistable=True`, a neuron accumulates its input for one period without firing and emits the
+    accumulated value in phase code during the next, each layer one period behind the one below.
+
+    Chosen here (the sources leave it open), each with why:
+    - the value a layer carries is its *period total* (sum of its weighted spikes over a period),
+      so the ANN's activation a is sent once per period, not once per step;
+    - biases enter once per period (`PhaseSynapse`: at phase 0), not every step: with period totals,
+      a bias added every step would count K times;
+    - `analog_input`: how the first layer's analog current I (the first synaptic layer on the image,
+      bias included) enters: "period" (the default) = all of I at phase 0 of every period, so that a
+      continuous phase-coded first layer emits I's K-bit code in one period exactly (a bistable one
+      sees only the period total, so for it the two are the same); "phase" = I * 2^-(k+1) / (1 - 2^-K)
+      at phase k (the period total is I), the analog counterpart of Kim et al.'s phase-coded input;
+    - `alternate`: False (the default) = a bistable neuron accumulates the next period's input while
+      it emits the last one's (an accumulating compartment beside the emitting register), so every
+      period carries a value; True = it alternates between the two states, ignoring input while it
+      emits (the strict two-state neuron, half the throughput, as in our rate-coded reading). The
+      latency floor, (layers + 1) * K steps, is the same for both;
+    - the residue is kept: what a period's spikes did not emit (the part below the K-bit quantum, an
+      excess above theta (1 - 2^-K), or a negative total) stays in the register for the next period;
+    - max pooling after a bistable layer pools period totals (`PeriodPool`); after a continuous
+      phase-coded layer it is `SpikePool` on cumulative weighted sums (no period alignment there);
+    - `readout`: "period" (the default) = the classifier's current summed over whole periods: the
+      readout at step T counts the periods completed by T (a prediction before the first is "none",
+      -1), because a layer's value is its period total and a reading inside a period mixes that
+      period's bias (entered at phase 0) with only its first phases' spikes (measured on a
+      784-100-100-10 MNIST MLP, bistable, K = 8: read every step, it stays within 1 point of its
+      ANN only from T = 35; read per period, from the latency floor T = 24 on);
+      "step" = summed over every step so far. In a bistable network the readout integrates only from
+      period `readout_depth` on (alternating: only in the periods the last layer emits);
+    - ResNet shortcuts with synchronous neurons (`sync=True`): a delay of one whole period (K steps),
+      the one spiking layer the residual path has more than the shortcut; none for continuous phase
+      coding (no per-layer period delay there), as for plain IF;
+    - SIN is counted in spikes (each spike costs the same synaptic operations); `evaluate_conversion`
+      also gives it weighted by the spikes' weights (`sin_weighted`, their share of the value sent);
+    - K and the threshold percentile are the caller's (notebook 51), chosen on training images,
+      never on the test set."""
+
+    phase_period: int
+    bistable: bool = False
+    alternate: bool = False
+    analog_input: str = "period"
+    readout: str = "period"
+
+    def __post_init__(self):
+        _expect("phase_period", self.phase_period, int, lambda v: v >= 1, "an int >= 1")
+        _expect("analog_input", self.analog_input, str, lambda v: v in ("period", "phase"), '"period" or "phase"')
+        _expect("readout", self.readout, str, lambda v: v in ("period", "step"), '"period" or "step"')
+
+    def weights(self, t0, steps):
+        """The weight of one spike, in units of theta, at steps t0..t0+steps-1: [2^-(k+1)]."""
+        return [2.0 ** -((t0 + j) % self.phase_period + 1) for j in range(steps)]
+
+    def gates(self, t0, steps, depth):
+        """(accumulate, emit): lists of booleans, per step, for the layer at `depth`. Continuous
+        phase coding: always both. Bistable: with rel = t // K - depth, it accumulates from rel = 0
+        on and emits from rel = 1 on (alternating: accumulates in even rel, emits in odd rel)."""
+        if not self.bistable:
+            return [True] * steps, [True] * steps
+        rel = [(t0 + j) // self.phase_period - depth for j in range(steps)]
+        if self.alternate:
+            return [r >= 0 and r % 2 == 0 for r in rel], [r >= 1 and r % 2 == 1 for r in rel]
+        return [r >= 0 for r in rel], [r >= 1 for r in rel]
+
+    def input_weights(self, t0, steps, device=None):
+        """What multiplies the first layer's analog current at each step (see `analog_input`)."""
+        K = self.phase_period
+        if self.analog_input == "period":
+            w = [1.0 if (t0 + j) % K == 0 else 0.0 for j in range(steps)]
+        else:
+            w = [v / (1 - 2.0 ** -K) for v in self.weights(t0, steps)]
+        return torch.tensor(w, device=device)
+
+
+class PhaseCodedLayer(IFLayer):
+    """Phase-coded neurons (`PhaseCode`, Kim et al. 2018), continuous or bistable, input
+    [steps, B, ...] of currents; output the weighted spikes theta * 2^-(k+1) (0 or that, per step).
+
+    The membrane u is kept in units of theta. Continuous (`code.bistable` False): every step
+    u += x / theta, then a spike if u >= 2^-(k+1) and u -= 2^-(k+1) (reset by subtraction; one
+    spike at most per step). Bistable: an accumulating compartment `acc` sums the input of a period
+    (from period `depth` on); at phase 0 of each emitting period it is added to the register u
+    (which keeps the residue), and during that period u is emitted greedily in phase code, the same
+    rule as above: a register holding v in [0, 1) emits floor(v 2^K) / 2^K exactly; a negative total
+    emits nothing (no SIN). Statistics as `IFLayer`'s, in spikes (weights: `spike_weights`)."""
+
+    def __init__(self, theta, code, depth=0):
+        super().__init__(theta, 1, None, depth)
+        self.code = code
+
+    def reset_state(self):
+        super().reset_state()
+        self.acc = None
+
+    def spike_weights(self, t0, steps):
+        """The value of one spike of this layer at steps t0..: theta * 2^-(k+1)."""
+        return [self.theta * w for w in self.code.weights(t0, steps)]
+
+    def forward(self, x):
+        steps, bistable = x.shape[0], self.code.bistable
+        if self.u is None:
+            self.u, self.acc = torch.zeros_like(x[0]), torch.zeros_like(x[0])
+        x, s = x / self.theta, torch.zeros_like(x)
+        weights = self.code.weights(self.t, steps)
+        accumulate, emit = self.code.gates(self.t, steps, self.depth)
+        for j, w in enumerate(weights):
+            if bistable:
+                if emit[j] and w == 0.5:  # phase 0 of an emitting period: the last period's total joins
+                    self.u += self.acc
+                    self.acc.zero_()
+                if accumulate[j]:
+                    self.acc += x[j]
+                if not emit[j]:
+                    continue
+            else:
+                self.u += x[j]
+            s[j] = self.u >= w
+            self.u.sub_(s[j], alpha=w)
+        self.t += steps
+        self._record(s)
+        return s.mul_(torch.tensor(weights, dtype=s.dtype, device=s.device).mul_(self.theta)
+                      .view(-1, *[1] * (s.dim() - 1)))
+
+    def extra_repr(self):
+        return f"theta={self.theta:.4g}, code={self.code}, depth={self.depth}"
+
+
+class PhaseSynapse(nn.Module):
+    """A synaptic layer (conv, linear, or a sequence with one bias at its output such as the head
+    pool-flatten-linear) whose bias enters once per period, at phase 0 (`PhaseCode`: a layer's value
+    is its period total); its weights act on every step. The bias map is the layer's output for a
+    zero input."""
+
+    def __init__(self, layer, code):
+        super().__init__()
+        linear = copy.deepcopy(layer)
+        for m in linear.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.bias = None
+        self.linear, self.affine, self.code = mt.TimeFolded(linear), layer, code
+        self.reset_state()
+
+    def reset_state(self):
+        self.t = 0
+
+    def forward(self, x):
+        steps = x.shape[0]
+        y = self.linear(x)
+        at = [j for j in range(steps) if (self.t + j) % self.code.phase_period == 0]
+        if at:
+            y[at] += self.affine(torch.zeros_like(x[0, :1]))
+        self.t += steps
+        return y
+
+
+class PeriodPool(nn.Module):
+    """Max pooling of period totals (after a bistable phase-coded layer): sums its input over each
+    period of K steps and, at the period's last step, emits the max over each window of those
+    totals (nothing at the other steps), i.e. the max pooling of the period's values, in the period
+    they belong to (the next layer accumulates that period)."""
+
+    def __init__(self, k, code):
+        super().__init__()
+        self.k, self.code = k, code
+        self.reset_state()
+
+    def reset_state(self):
+        self.t, self.total = 0, None
+
+    def forward(self, x):
+        K = self.code.phase_period
+        if self.total is None:
+            self.total = torch.zeros_like(x[0])
+        out = x.new_zeros(x.shape[0], *F.max_pool2d(x[0], self.k).shape)
+        for j in range(x.shape[0]):
+            self.total += x[j]
+            if (self.t + j) % K == K - 1:
+                out[j] = F.max_pool2d(self.total, self.k)
+                self.total.zero_()
+        self.t += x.shape[0]
+        return out
+
+
 class ConvertedSNN(nn.Module):
     """first (run once on the image: constant input current) -> spiking stages -> readout.
 
-    The readout is the classifier's input current summed over the steps (no spiking output). A
-    bistable network's readout integrates only in the integrating phases at `readout_depth`."""
+    The readout is the classifier's input current summed over the steps (no spiking output). In
+    the rate-coded reading of BSNN (`burst_phase` P) the readout integrates only in the integrating
+    phases at `readout_depth`. With a `phase` code (`PhaseCode`) the first layer's current enters as
+    its `input_weights` say, a bistable network's readout integrates only where the layer at
+    `readout_depth` would accumulate (from period `readout_depth` on), and the readout is read at
+    the end of each period (`PhaseCode.readout`)."""
 
-    def __init__(self, first, stages, readout, readout_depth, period=None):
+    def __init__(self, first, stages, readout, readout_depth, burst_phase=None, phase=None):
         super().__init__()
-        self.first, self.stages, self.readout = first, nn.Sequential(*stages), mt.TimeFolded(readout)
-        self.readout_depth, self.period = readout_depth, period
+        self.first, self.stages = first, nn.Sequential(*stages)
+        self.readout = readout if isinstance(readout, PhaseSynapse) else mt.TimeFolded(readout)
+        self.readout_depth, self.burst_phase, self.phase = readout_depth, burst_phase, phase
 
     def if_layers(self):
         return [m for m in self.modules() if isinstance(m, IFLayer)]
@@ -578,12 +800,66 @@ class ConvertedSNN(nn.Module):
         current, out = self.first(images), []
         for t0 in range(0, T, chunk):
             steps = min(chunk, T - t0)
-            y = self.readout(self.stages(current.unsqueeze(0).expand(steps, *current.shape)))
-            if self.period is not None:
-                integ, _ = phase_gates(t0, steps, self.period, self.readout_depth, y.device)
+            x = current.unsqueeze(0).expand(steps, *current.shape)
+            if self.phase is not None:
+                x = x * self.phase.input_weights(t0, steps, x.device).view(-1, *[1] * current.dim())
+            y = self.readout(self.stages(x))
+            if self.burst_phase is not None:
+                integ, _ = phase_gates(t0, steps, self.burst_phase, self.readout_depth, y.device)
+                y = y * integ.view(-1, 1, 1)
+            elif self.phase is not None and self.phase.bistable:
+                integ = torch.tensor(self.phase.gates(t0, steps, self.readout_depth)[0], device=y.device)
                 y = y * integ.view(-1, 1, 1)
             out.append(y)
-        return torch.cat(out).cumsum(0)
+        out = torch.cat(out).cumsum(0)
+        if self.phase is not None and self.phase.readout == "period":  # what the completed periods brought
+            K = self.phase.phase_period
+            done = (torch.arange(T, device=out.device) + 1) // K * K  # steps in whole periods by each T
+            out = torch.cat([torch.zeros_like(out[:1]), out])[done]
+        return out
+
+
+def latency_floor(snn):
+    """Steps until the readout has received one whole period (phase) of the last spiking layer's
+    output, L = `snn.readout_depth` spiking layers: (L + 1) * K for bistable phase coding (ResNet-20,
+    19 spiking layers, K = 8: 160), (L + 1) * P for the rate-coded reading, K for continuous phase
+    coding (one period), 1 for plain and multi-threshold IF."""
+    L = snn.readout_depth
+    if snn.phase is not None:
+        return (L + 1) * snn.phase.phase_period if snn.phase.bistable else snn.phase.phase_period
+    return (L + 1) * snn.burst_phase if snn.burst_phase is not None else 1
+
+
+def step_cap(snn, factor=8, minimum=1024):
+    """The number of steps to run a reading for: `factor` times its `latency_floor`, at least
+    `minimum`, rounded up to whole periods (phases). A default, stated with the results: a reading
+    still short of its ANN at the cap is reported as "> cap"."""
+    unit = snn.phase.phase_period if snn.phase is not None else (snn.burst_phase or 1)
+    return -(-max(minimum, factor * latency_floor(snn)) // unit) * unit
+
+
+@torch.no_grad()
+def trace_phase_neuron(inputs, theta=1.0, phase_period=4, bistable=False, alternate=False):
+    """One phase-coded neuron (`PhaseCodedLayer`, depth 0) step by step, for a figure: `inputs` is
+    its input current per step (a sequence; e.g. [I, 0, 0, 0] * 2 for a constant I entering once
+    per period over two periods). Returns a dict of per-step lists: step, phase, input, threshold
+    (theta 2^-(k+1), the weight a spike at that step carries), membrane (after the step; bistable:
+    the emitting register), accumulated (bistable: the accumulating compartment; None otherwise),
+    spike (0/1), weight (the spike's value: spike * threshold) and emitted (cumulative)."""
+    code = PhaseCode(int(phase_period), bistable, alternate)
+    layer = PhaseCodedLayer(theta, code)
+    rows = dict(step=[], phase=[], input=[], threshold=[], membrane=[], accumulated=[], spike=[], weight=[])
+    for t, i in enumerate(inputs):
+        out = layer(torch.tensor([[float(i)]], dtype=torch.float64))[0, 0].item()
+        w = theta * code.weights(t, 1)[0]
+        for k, v in dict(step=t, phase=t % code.phase_period, input=float(i), threshold=w,
+                         membrane=layer.u.item() * theta,
+                         accumulated=layer.acc.item() * theta if bistable else None,
+                         spike=int(out != 0), weight=out).items():
+            rows[k].append(v)
+    rows["emitted"] = torch.tensor(rows["weight"], dtype=torch.float64).cumsum(0).tolist()
+    return rows
+
 
 
 # ----------------------------------------------------------------------------------------------
@@ -630,21 +906,38 @@ def calibrate(ann, calib_x, percentile=99.9):
 
 
 @torch.no_grad()
-def convert(ann, calib_x, percentile=99.9, s_max=1, period=None, keep_residue=True, sync=True, u0=0.0,
-            thresholds=None):
+def convert(ann, calib_x, percentile=99.9, s_max=1, burst_phase=None, keep_residue=True, sync=True, u0=0.0,
+            thresholds=None, phase_period=None, phase_bistable=False, phase_alternate=False, analog_input="period",
+            phase_readout="period"):
     """Convert a trained ANN (from `ann_net`/`train_ann`, a `ResNet` or a `VGG`) into a `ConvertedSNN`.
 
-    Every ReLU becomes an `IFLayer` with threshold theta = `calibrate(ann, calib_x, percentile)`,
+    Every ReLU becomes a spiking layer with threshold theta = `calibrate(ann, calib_x, percentile)`,
     or `thresholds` when given (one per spiking layer, in order: a stored run's; `calib_x` is then
-    unused). `s_max` > 1 gives multi-threshold neurons (spike value theta/s_max); `period` makes
-    them bistable. Max pooling becomes `SpikePool`. In a ResNet, `sync=True` delays each shortcut
-    by the residual path's extra latency: one spiking layer (if_a) more than the shortcut, i.e. one
-    phase = `period` steps when bistable, 0 steps otherwise (the plain IF network has no per-layer
-    delay)."""
+    unused). Readings:
+    - plain IF (the default) and multi-threshold IF (`s_max` > 1: spike value theta/s_max): `IFLayer`;
+    - the *rate-coded reading* of BSNN: `burst_phase` = P makes the IF neurons bistable, integrating
+      for P steps, then firing a burst for P steps (`phase_gates`);
+    - phase coding (Kim et al. 2018): `phase_period` = K, `PhaseCodedLayer`s (`PhaseCode`), biases
+      once per period (`PhaseSynapse`); `phase_bistable=True` gives the bistable phase-coded reading
+      of BSNN (`phase_alternate`, `analog_input`, `phase_readout`: see `PhaseCode`).
+    Max pooling becomes `SpikePool` (`PeriodPool` after bistable phase-coded layers). In a ResNet,
+    `sync=True` delays each shortcut by the residual path's extra latency, one spiking layer (if_a)
+    more than the shortcut: one phase (P steps) in the rate-coded reading, one period (K steps) in
+    the bistable phase-coded one, 0 steps otherwise (no per-layer delay)."""
+    _expect("burst_phase and phase_period", (burst_phase, phase_period), tuple, lambda v: None in v,
+            "not both (the rate-coded reading or phase coding)")
+    code = (PhaseCode(int(phase_period), phase_bistable, phase_alternate, analog_input, phase_readout)
+            if phase_period else None)
     thetas = list(thresholds) if thresholds is not None else calibrate(ann, calib_x, percentile)
     depth = iter(range(len(thetas)))
-    make = lambda relu, first=False: IFLayer(thetas[d := next(depth)], s_max, period, d, keep_residue,
-                                             constant=first, u0=u0)
+
+    def make(relu, first=False):
+        d = next(depth)
+        if code is not None:
+            return PhaseCodedLayer(thetas[d], code, d)
+        return IFLayer(thetas[d], s_max, burst_phase, d, keep_residue, constant=first, u0=u0)
+
+    synapse = (lambda m: PhaseSynapse(m, code)) if code is not None else mt.TimeFolded
     ifs = {}
     if isinstance(ann, ResNet):
         first = fold_bn(ann.stem)
@@ -652,9 +945,13 @@ def convert(ann, calib_x, percentile=99.9, s_max=1, period=None, keep_residue=Tr
         for b in ann.blocks:
             if_a = make(b.relu1)
             if_b = make(b.relu2)
-            delay = (period or 0) if sync else 0
-            stages.append(SpikingBlock(fold_bn(b.conv1), if_a, fold_bn(b.conv2), fold_bn(b.shortcut),
-                                       Synchronous(delay), if_b))
+            delay = (burst_phase or (phase_period if code is not None and code.bistable else 0)) if sync else 0
+            block = SpikingBlock(fold_bn(b.conv1), if_a, fold_bn(b.conv2), fold_bn(b.shortcut),
+                                 Synchronous(delay), if_b)
+            if code is not None:  # biases once per period
+                block.conv1, block.conv2, block.shortcut = (synapse(m.layer) for m in
+                                                            (block.conv1, block.conv2, block.shortcut))
+            stages.append(block)
             ifs.update({if_a: b.relu1, if_b: b.relu2})
         ifs[stages[0]] = ann.relu
         readout = ann.head
@@ -672,64 +969,196 @@ def convert(ann, calib_x, percentile=99.9, s_max=1, period=None, keep_residue=Tr
                 stages.append(make(m, first=not stages))
                 ifs[stages[-1]] = m
             elif isinstance(m, nn.MaxPool2d):
-                stages.append(SpikePool(m.kernel_size))
+                stages.append(PeriodPool(m.kernel_size, code) if code is not None and code.bistable
+                              else SpikePool(m.kernel_size))
             else:
-                stages.append(mt.TimeFolded(m))
-        if isinstance(stages[1], SpikePool) and (period is None or keep_residue):
+                stages.append(synapse(m))
+        pooled_next = len(stages) > 1 and isinstance(stages[1], SpikePool)
+        if pooled_next and code is None and (burst_phase is None or keep_residue):
             # The first layer's cumulative spike count is a non-decreasing function of its constant
             # input current, so max pooling commutes with it: pool the current, then fire (4x fewer
             # neurons). The SIN statistics of that layer then refer to the pooled units.
             first = nn.Sequential(first, nn.MaxPool2d(stages[1].k))
             stages[0].mask_pool = stages.pop(1).k
     assert next(depth, None) is None, f"{len(thetas)} thresholds for {len(ifs)} spiking layers"
-    snn = ConvertedSNN(first, stages, readout, len(thetas), period)
+    snn = ConvertedSNN(first, stages, synapse(readout) if code is not None else readout, len(thetas), burst_phase,
+                       code)
     snn.relu_of = ifs  # IF layer -> the ANN ReLU it replaces (for the SIN statistics)
     return snn.eval()
 
 
+
 # ----------------------------------------------------------------------------------------------
-# 5. Evaluation: every T of T_READ from one run
+# 5. Evaluation: every T read from one run, resumable in chunks of images
 # ----------------------------------------------------------------------------------------------
+
+
+def _code_digest():
+    """A hash of the source of the package's modules (mtsnn_*.py beside this file): what computes
+    a chunk's numbers. Chunks of another code are refused even when git's commit is the same (a
+    dirty tree) or when MTSNN_COMMIT says otherwise; commits that touch only notebooks, figures or
+    text do not make a stored chunk stale."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).resolve().parent.glob("mtsnn_*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _tensor_digest(*tensors):
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 @torch.no_grad()
-def evaluate_conversion(snn, ann, data, T_read=T_READ, batch_size=250, chunk=32):
-    """Run `snn` for max(T_read) steps on every image of `data` and read the accumulated output at
-    each T in T_read. Returns dict(accuracy={T: %}, agreement={T: % same class as the ANN},
-    ann_accuracy, sin={T: [per IF layer: fraction of spikes up to T emitted by neurons whose ANN
-    activation is 0, or nan for a layer that has not spiked yet]} for the T of T_READ in T_read,
-    rate=[per IF layer: spikes per neuron per step over T_max], spikes=[spikes per image at each
-    step, all layers], predictions (int8 [len(T_read), images], -1 = the readout has received nothing
-    yet), ann_predictions, seconds)."""
-    t0, T_read = time.time(), list(T_read)
-    T, ifs = max(T_read), snn.if_layers()
-    idx = torch.tensor([t - 1 for t in T_read], device=data.x.device)
-    preds, ann_preds, neurons = [], [], [0] * len(ifs)
+def _evaluate_images(snn, ann, x, y, T, batch_size, chunk):
+    """One run of `snn` for T steps over the images x (labels y), batch by batch: the raw counts
+    `evaluate_conversion` combines. predictions int8 [T, images] (-1: the readout has received
+    nothing yet), ann_predictions, labels; per spiking layer and step, summed over the images,
+    layer_spikes (spikes; a multi-threshold spike of s levels counts s) and layer_sin (those of
+    neurons whose ANN activation is 0), float64 [layers, T] holding whole numbers (so sums over
+    chunks are exact); neurons and inactive_neurons per layer (summed over the images)."""
+    t0, ifs = time.time(), snn.if_layers()
+    preds, ann_preds, neurons, inactive = [], [], [0] * len(ifs), [0] * len(ifs)
     for m in ifs:
         m.clear_stats()
-    for i in range(0, len(data), batch_size):
-        x = data.x[i:i + batch_size]
-        acts = relu_activations(ann, x, batch_size)
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size]
+        acts = relu_activations(ann, xb, batch_size)
         for k, m in enumerate(ifs):
             a = acts[snn.relu_of[m]]
             m.inactive = ((F.max_pool2d(a, m.mask_pool) if m.mask_pool else a) <= 0).float()
-            neurons[k] += m.inactive[0].numel() * len(x)
-        ann_preds.append(ann(x, 1)[0].argmax(1).cpu())
-        out = snn(x, T, chunk)[idx]  # [len(T_read), B, classes]
+            neurons[k] += m.inactive[0].numel() * len(xb)
+            inactive[k] += int(m.inactive.sum().item())
+        ann_preds.append(ann(xb, 1)[0].argmax(1).cpu())
+        out = snn(xb, T, chunk)  # [T, B, classes]
         # no current has reached the readout yet (a bistable pipeline filling up): no answer, -1
         preds.append(torch.where((out == 0).all(2), -1, out.argmax(2)).to(torch.int8).cpu())
-    pred, ann_pred, y, n = torch.cat(preds, 1), torch.cat(ann_preds), data.y.cpu(), len(data)
-    silent_nan = lambda inactive, total: (inactive / total).item() if total > 0 else float("nan")
-    sin = {t: [silent_nan(m.spikes_inactive[:t].sum(), m.spikes_total[:t].sum()) for m in ifs]
-           for t in T_READ if t in T_read}
-    rate = [(m.spikes_total.sum() / (nn_ * T)).item() for m, nn_ in zip(ifs, neurons)]
+    result = dict(predictions=torch.cat(preds, 1), ann_predictions=torch.cat(ann_preds), labels=y.cpu(),
+                  layer_spikes=torch.stack([m.spikes_total.double().cpu() for m in ifs]),
+                  layer_sin=torch.stack([m.spikes_inactive.double().cpu() for m in ifs]),
+                  neurons=neurons, inactive_neurons=inactive, seconds=time.time() - t0)
     for m in ifs:
         m.inactive = None
+        m.clear_stats()
+    return result
+
+
+def _chunk_key(snn, ann, T, batch_size, chunk, chunk_images, config):
+    """What a stored chunk must share with the run that reads it: the caller's `config`, the
+    converted network (its modules' description, its spiking layers' thresholds and settings in
+    full precision, a hash of its parameters), the ANN's
+    parameters, the steps, the batch and time-chunk sizes, the chunk size and the code."""
+    layers = [(type(m).__name__, m.theta, m.s_max, m.u0, m.depth, m.keep_residue, m.mask_pool) for m in snn.if_layers()]
+    return dict(config=config, snn=repr(snn), layers=layers, snn_digest=_digest(snn), ann_digest=_digest(ann),
+                T_max=T, batch_size=batch_size, chunk=chunk, chunk_images=chunk_images, code=_code_digest())
+
+
+def _run_chunks(snn, ann, data, T, batch_size, chunk, store, chunk_images, config, stop_at):
+    """The chunks of `evaluate_conversion(store=...)`: read the stored ones (refusing any of
+    another key), compute the missing ones in order and store each atomically. Returns the
+    chunks covering images 0.. in order (fewer when `stop_at` stopped it)."""
+    _expect("chunk_images", chunk_images, int, lambda v: v >= 1 and v % batch_size == 0,
+            f"a positive multiple of batch_size ({batch_size}), so that a chunked run batches as one run")
+    store = Path(store)
+    store.mkdir(parents=True, exist_ok=True)
+    key = _chunk_key(snn, ann, T, batch_size, chunk, chunk_images, config)
+    stored = {}
+    for path in sorted(store.glob("chunk_*.pt")):
+        c = torch.load(path, map_location="cpu", weights_only=False)
+        if c["key"] != key:
+            diff = sorted(k for k in key if c["key"].get(k) != key[k])
+            raise ValueError(f"{path} holds another configuration or code (differs in {diff}): "
+                             f"chunks are never mixed; use another store")
+        stored[c["images"]] = c
+    chunks, last = [], None
+    for i in range(0, len(data), chunk_images):
+        j = min(i + chunk_images, len(data))
+        x, y = data.x[i:j], data.y[i:j]
+        digest = _tensor_digest(x, y)
+        c = stored.get((i, j))
+        if c is not None:
+            if c["data_digest"] != digest:
+                raise ValueError(f"the stored chunk of images {i}..{j} in {store} holds other images")
+        else:
+            if stop_at is not None and last is not None and time.time() + last > stop_at:
+                break
+            c = dict(_evaluate_images(snn, ann, x, y, T, batch_size, chunk), key=key, images=(i, j),
+                     data_digest=digest, provenance=rt.provenance(), device=rt.device_name(x.device))
+            _atomic_save(c, store / f"chunk_{i:07d}_{j:07d}.pt")
+            last = c["seconds"]
+        chunks.append(c)
+    return chunks
+
+
+@torch.no_grad()
+def evaluate_conversion(snn, ann, data, T_read=T_READ, batch_size=250, chunk=32, store=None, chunk_images=None,
+                        config=None, stop_at=None):
+    """Run `snn` for T = max(T_read) steps on every image of `data` and read the accumulated
+    output at each T in T_read (e.g. `range(1, step_cap(snn) + 1)`: every step).
+
+    Resumable: with `store` (a folder) the images are run in chunks of `chunk_images` (a multiple
+    of `batch_size`, so that the batches are those of one run), each chunk written atomically to
+    `store` as soon as it is done, with its per-image predictions at every step (and the ANN's),
+    its per-layer per-step spike and SIN counts and neuron counts, the configuration (`config`,
+    the caller's description, plus the network, its parameters, T, batch and chunk sizes: see
+    `_chunk_key`), a hash of the code that computed it and `rt.provenance()` (commit, CPU,
+    torch). A later call with the same arguments reads the stored chunks and runs only the
+    missing ones; a stored chunk of another configuration or code is refused (ValueError), never
+    mixed in. `stop_at` (a time.time() value): no chunk is started that would end after it (judged
+    by the last chunk's duration); the result then covers the chunks done (`complete` False). The
+    combined result equals one run over all images (same CPU, threads and batch size): counts are
+    whole numbers, summed exactly.
+
+    Returns dict(accuracy={T: %}, agreement={T: % same class as the ANN}, ann_accuracy,
+    sin={T: [per spiking layer: fraction of its spikes up to T emitted by neurons whose ANN
+    activation is 0, nan for a layer that has not spiked yet]} at every T of T_read, sin_weighted
+    (the same with each spike weighted by its value: for phase coding the share of the value sent;
+    for IF layers the same as sin), rate=[per layer: spikes per neuron per step over T],
+    spikes=[spikes per image at each step, all layers], layer_spikes and layer_sin (float64
+    [layers, T], summed over the images), neurons and inactive_neurons (per layer, summed over
+    the images), predictions (int8 [len(T_read), images], -1 = no answer yet), ann_predictions,
+    labels, images, complete, seconds (summed over the chunks) and chunks (per chunk: images,
+    seconds, device, provenance))."""
+    T_read = list(T_read)
+    T = max(T_read)
+    if store is None:
+        chunks = [dict(_evaluate_images(snn, ann, data.x, data.y, T, batch_size, chunk), images=(0, len(data)))]
+    else:
+        chunks = _run_chunks(snn, ann, data, T, batch_size, chunk, store, chunk_images or batch_size, config, stop_at)
+        if not chunks:
+            return None
+    return _combine(snn, chunks, T_read, complete=chunks[-1]["images"][1] == len(data))
+
+
+def _combine(snn, chunks, T_read, complete=True):
+    """`evaluate_conversion`'s result from its chunks (see there)."""
+    T = chunks[0]["predictions"].shape[0]
+    all_pred = torch.cat([c["predictions"] for c in chunks], 1)
+    ann_pred, y = (torch.cat([c[k] for c in chunks]) for k in ("ann_predictions", "labels"))
+    spikes, inactive = (sum(c[k] for c in chunks) for k in ("layer_spikes", "layer_sin"))
+    neurons, inactive_neurons = ([sum(v) for v in zip(*(c[k] for c in chunks))]
+                                 for k in ("neurons", "inactive_neurons"))
+    n, ifs = len(y), snn.if_layers()
+    pred = all_pred[[t - 1 for t in T_read]]
+    value = torch.tensor([m.spike_weights(0, T) if isinstance(m, PhaseCodedLayer) else [m.theta / m.s_max] * T
+                          for m in ifs], dtype=torch.float64)
+
+    def shares(part, whole):  # {T: per layer, part / whole up to T (nan where whole is 0)}
+        part, whole = part.cumsum(1), whole.cumsum(1)
+        ratio = torch.where(whole > 0, part / whole.clamp(min=1e-300), float("nan"))
+        return {t: ratio[:, t - 1].tolist() for t in T_read}
+
     return dict(accuracy={t: 100.0 * (p == y).sum().item() / n for t, p in zip(T_read, pred)},
                 agreement={t: 100.0 * (p == ann_pred).sum().item() / n for t, p in zip(T_read, pred)},
-                ann_accuracy=100.0 * (ann_pred == y).sum().item() / n, sin=sin, rate=rate,
-                spikes=(sum(m.spikes_total for m in ifs) / n).tolist(), predictions=pred,
-                ann_predictions=ann_pred, seconds=time.time() - t0)
+                ann_accuracy=100.0 * (ann_pred == y).sum().item() / n, sin=shares(inactive, spikes),
+                sin_weighted=shares(inactive * value, spikes * value),
+                rate=[(s.sum() / (k * T)).item() for s, k in zip(spikes, neurons)],
+                spikes=(spikes.sum(0) / n).tolist(), layer_spikes=spikes, layer_sin=inactive, neurons=neurons,
+                inactive_neurons=inactive_neurons, predictions=pred, ann_predictions=ann_pred, labels=y, images=n,
+                complete=complete, seconds=sum(c["seconds"] for c in chunks),
+                chunks=[{k: c.get(k) for k in ("images", "seconds", "device", "provenance")} for c in chunks])
 
 
 def steps_within(accuracy, ceiling, points):

@@ -97,15 +97,15 @@ def test_resnet_shortcut_gets_one_phase_of_delay_only_when_synchronised():
     net = mc.ResNet(1, (4, 8), 1, stem_stride=2).eval()
     x = torch.randn(20, 1, 12, 12)
     delays = lambda snn: [m.delay for m in snn.modules() if isinstance(m, mc.Synchronous)]
-    assert delays(mc.convert(net, x, period=5, sync=True)) == [5, 5]
-    assert delays(mc.convert(net, x, period=5, sync=False)) == [0, 0]
+    assert delays(mc.convert(net, x, burst_phase=5, sync=True)) == [5, 5]
+    assert delays(mc.convert(net, x, burst_phase=5, sync=False)) == [0, 0]
     assert delays(mc.convert(net, x, sync=True)) == [0, 0]
 
 
 @pytest.mark.parametrize("depth", [0, 2])
 def test_bistable_neuron_fires_only_in_its_firing_phase(depth):
     period, T = 4, 48
-    layer = mc.IFLayer(theta=1.0, period=period, depth=depth)
+    layer = mc.IFLayer(theta=1.0, burst_phase=period, depth=depth)
     x = torch.rand(T, 64, generator=torch.Generator().manual_seed(depth)) * 0.9 + 0.3  # a plain IF neuron fires at once
     spikes = torch.cat([layer(x[:13]), layer(x[13:])])
     phase = torch.arange(T) // period - depth
@@ -122,7 +122,7 @@ def test_bistable_neuron_ignores_negative_net_input():
     x = torch.cat([torch.full((4, 1), 2.0), torch.full((4, 1), -3.0)]).repeat(4, 1)  # mean -0.5
     plain = mc.IFLayer(1.0)(x)
     assert plain.sum() > 0  # spikes of an inactivated neuron (SIN)
-    bistable = mc.IFLayer(1.0, period=8)(x)
+    bistable = mc.IFLayer(1.0, burst_phase=8)(x)
     assert bistable.sum() == 0
 
 
@@ -220,7 +220,7 @@ def test_no_answer_before_the_bistable_pipeline_reaches_the_readout():
     torch.manual_seed(0)
     ann = mc.ann_net("784-20-20-10", (1, 28, 28)).eval()
     x, y = torch.rand(16, 1, 28, 28), torch.zeros(16, dtype=torch.long)
-    snn = mc.convert(ann, x, period=2)
+    snn = mc.convert(ann, x, burst_phase=2)
     r = mc.evaluate_conversion(snn, ann, _Images(x, y), T_read=range(1, 17), batch_size=16, chunk=4)
     first = next(t for t in range(1, 17) if (r["predictions"][t - 1] != -1).any())
     assert first == 5  # readout at depth 2 integrates in phase 2: steps 4, 5 (0-based)
@@ -411,3 +411,246 @@ def test_train_conversion_anns_stores_weights_that_load(tmp_path):
     _, state = mc.load_cifar10_ann("resnet20", tmp_path / "w", recipe="distilled_long")
     assert "init" not in state["config"] and state["config"]["distill"]["temperature"] == 4.0
     assert state["config"]["cutout_size"] == 8 and state["config"]["cosine_epochs"] == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Phase coding (Kim et al. 2018) and the bistable phase-coded reading of BSNN
+# ----------------------------------------------------------------------------------------------
+
+
+def quantise(u, K):
+    """What one period of phase-coded spikes emits from a register u (units of theta): its K-bit
+    code floor(u 2^K) / 2^K, nothing for u < 0, all K spikes (1 - 2^-K) from 1 - 2^-K up."""
+    return np.clip(np.floor(u * 2.0 ** K) / 2.0 ** K, 0.0, 1 - 2.0 ** -K)
+
+
+@pytest.mark.parametrize("K", [1, 4, 8])
+def test_phase_coded_neuron_transmits_a_constant_input_in_one_period(K):
+    """A constant input entering once per period (phase 0) is emitted within that period as its
+    K-bit code: spike weights theta 2^-(k+1), one spike at most per step; the residue carries the
+    rest, so after n periods exactly floor(n v 2^K) / 2^K has been sent."""
+    theta, periods = 1.3, 5
+    v = torch.cat([torch.rand(500, dtype=torch.float64, generator=torch.Generator().manual_seed(K)) * (1 - 2.0 ** -K),
+                   torch.tensor([0.0, 0.5, 1 - 2.0 ** -K, 0.999, 1.7], dtype=torch.float64)])  # saturating too
+    code = mc.PhaseCode(K)
+    x = theta * v * code.input_weights(0, periods * K).to(torch.float64)[:, None]
+    layer = mc.PhaseCodedLayer(theta, code)
+    out = torch.cat([layer(x[:3]), layer(x[3:])])  # across a chunk boundary
+    weights = theta * 2.0 ** -(torch.arange(periods * K) % K + 1).to(torch.float64)
+    spikes = out / weights[:, None]
+    assert set(spikes.unique().tolist()) <= {0.0, 1.0}
+    u = (x[0] / theta).numpy()  # the register after the input, as the layer computes it
+    first = out[:K].sum(0).numpy()
+    np.testing.assert_allclose(first, theta * quantise(u, K), rtol=0, atol=1e-12)
+    inside = v.numpy() < 1 - 2.0 ** -K
+    assert (np.abs(first - theta * v.numpy())[inside] < theta * 2.0 ** -K).all()  # to its K-bit quantum
+    sent = out.view(periods, K, -1).sum(1).cumsum(0).numpy() / theta
+    n = np.arange(1, periods + 1)[:, None]
+    np.testing.assert_allclose(sent[:, inside], np.floor(n * u[inside] * 2.0 ** K) / 2.0 ** K, atol=1e-12)
+    np.testing.assert_allclose(sent[:, ~inside], np.broadcast_to(n * (1 - 2.0 ** -K), sent[:, ~inside].shape),
+                               atol=1e-12)  # saturated: all K spikes every period
+
+
+def test_phase_code_settings():
+    """Analog input "phase": I 2^-(k+1) / (1 - 2^-K) at phase k, a period total of I; "period": I
+    at phase 0. Bistable gates: accumulate from period `depth`, emit from the next."""
+    K = 5
+    spread, once = (mc.PhaseCode(K, analog_input=a).input_weights(0, 3 * K).view(3, K) for a in ("phase", "period"))
+    assert torch.allclose(spread.sum(1), torch.ones(3)) and (spread[:, :-1] / spread[:, 1:] == 2).all()
+    assert (once == torch.tensor([1.0] + [0.0] * (K - 1))).all()
+    acc, emit = mc.PhaseCode(2, bistable=True).gates(0, 8, 1)
+    assert acc == [False] * 2 + [True] * 6 and emit == [False] * 4 + [True] * 4
+    acc, emit = mc.PhaseCode(2, bistable=True, alternate=True).gates(0, 10, 1)
+    assert acc == [False, False, True, True, False, False, True, True, False, False]
+    assert emit == [False, False, False, False, True, True, False, False, True, True]
+    with pytest.raises(ValueError, match="analog_input"):
+        mc.PhaseCode(4, analog_input="step")
+
+
+def reference_bistable(x, K, depth, alternate=False):
+    """Period totals a bistable phase-coded layer emits (units of theta): it accumulates the input
+    of periods depth, depth+1, ... (alternating: depth, depth+2, ...) and emits in the next
+    period the K-bit code of that total plus the residue it kept."""
+    totals, r = x.reshape(-1, K, *x.shape[1:]).sum(1), np.zeros(x.shape[1:])
+    out = np.zeros_like(totals)
+    for p in range(depth, len(totals) - 1):
+        if alternate and (p - depth) % 2:
+            continue
+        u = r + totals[p]
+        out[p + 1] = quantise(u, K)
+        r = u - out[p + 1]
+    return out
+
+
+@pytest.mark.parametrize("depth,alternate", [(0, False), (2, False), (1, True)])
+def test_bistable_phase_coded_layer_delivers_its_input_one_period_later(depth, alternate):
+    """What a bistable phase-coded layer emits in period p + 1 is the K-bit code of its input's
+    total over period p (plus the residue it kept), nothing before; it fires only in emitting
+    periods; input arriving before period `depth` (or, alternating, while it emits) is ignored."""
+    K, periods, theta = 4, 12, 0.5  # a power of 2: x * theta / theta is x, and sums of the dyadic x are exact
+    g = torch.Generator().manual_seed(depth)
+    x = torch.round((torch.rand(periods * K, 300, generator=g, dtype=torch.float64) - 0.3) * 2 ** 10) / 2 ** 11
+    layer = mc.PhaseCodedLayer(theta, mc.PhaseCode(K, bistable=True, alternate=alternate), depth)
+    out = torch.cat([layer(theta * x[:7]), layer(theta * x[7:])])
+    emitted = (out.view(periods, K, -1).sum(1) / theta).numpy()
+    np.testing.assert_allclose(emitted, reference_bistable(x.numpy(), K, depth, alternate), rtol=0, atol=1e-12)
+    assert (out[:(depth + 1) * K] == 0).all()
+    if alternate:
+        silent = [p for p in range(periods) if p <= depth or (p - depth) % 2 == 0]
+        assert (out.view(periods, K, -1)[silent] == 0).all()
+    assert emitted[depth + 1:].sum() > 0
+
+
+def test_bistable_phase_coded_neuron_is_silent_for_a_negative_period_total():
+    """The positive part of a period's input arrives first (phase lead): the continuous phase-coded
+    neuron, like the IF neuron, fires on it (SIN); the bistable one sees the period's total, which is
+    negative, and never fires. No SIN in its statistics either."""
+    K = 8
+    x = torch.cat([torch.full((4, 1, 1), 0.6), torch.full((4, 1, 1), -0.7)]).repeat(6, 1, 1)  # total -0.4 per period
+    continuous = mc.PhaseCodedLayer(1.0, mc.PhaseCode(K))
+    continuous.inactive = torch.ones(1, 1)
+    assert (continuous(x) > 0).sum() > 0 and continuous.spikes_inactive.sum() > 0
+    for alternate in (False, True):
+        bistable = mc.PhaseCodedLayer(1.0, mc.PhaseCode(K, bistable=True, alternate=alternate))
+        bistable.inactive = torch.ones(1, 1)
+        assert bistable(x).abs().sum() == 0 and bistable.spikes_total.sum() == 0
+        assert bistable.spikes_inactive.sum() == 0
+
+
+def test_phase_coded_conversion_delays_resnet_shortcuts_by_one_period():
+    net = mc.ResNet(1, (4, 8), 1, stem_stride=2).eval()
+    x = torch.randn(20, 1, 12, 12)
+    delays = lambda snn: [m.delay for m in snn.modules() if isinstance(m, mc.Synchronous)]
+    assert delays(mc.convert(net, x, phase_period=8, phase_bistable=True)) == [8, 8]
+    assert delays(mc.convert(net, x, phase_period=8, phase_bistable=True, sync=False)) == [0, 0]
+    assert delays(mc.convert(net, x, phase_period=8)) == [0, 0]  # continuous phase coding: no per-layer delay
+    with pytest.raises(ValueError, match="not both"):
+        mc.convert(net, x, burst_phase=4, phase_period=8)
+
+
+def _trained_looking(net, x):
+    """`net` with batch-norm statistics away from their (0, 1) start, in eval mode."""
+    net.train()
+    with torch.no_grad():
+        for _ in range(5):
+            net(x)
+    return net.eval()
+
+
+@pytest.mark.parametrize("kind", ["resnet", "vgg"])
+@pytest.mark.parametrize("alternate", [False, True])
+def test_bistable_phase_coded_network_gives_its_anns_output_in_the_limit(kind, alternate):
+    """At K = 16 with thresholds at the calibration maximum, a period's readout of the bistable
+    phase-coded network (ResNet with synchronous neurons on both kinds of shortcut; VGG with max
+    pooling of period totals) is its ANN's logits: nothing reaches the readout before the pipeline
+    is full, and from then on every period (alternating: every other) delivers them."""
+    torch.manual_seed(0)
+    x = torch.randn(32, 1, 16, 16)
+    net = _trained_looking(mc.ResNet(1, (4, 8), 1, stem_stride=2) if kind == "resnet" else mc.VGG(1, (6, 8), 2), x)
+    K = 16
+    snn = mc.convert(net, x, percentile=100.0, phase_period=K, phase_bistable=True, phase_alternate=alternate)
+    L = snn.readout_depth
+    assert mc.latency_floor(snn) == (L + 1) * K
+    T = (L + 1 + 4) * K
+    out = snn(x, T=T, chunk=40)
+    assert (out[:L * K] == 0).all()
+    logits = net(x, 1)[0]
+    per_period = out.view(-1, K, *out.shape[1:])[:, -1].diff(dim=0)  # the readout gained in each period
+    delivering = [p for p in range(L, T // K) if not alternate or (p - L) % 2 == 0]
+    tol = 2e-3 * logits.abs().max().item()
+    for p in delivering:
+        assert torch.allclose(per_period[p - 1], logits, atol=tol), (p, (per_period[p - 1] - logits).abs().max())
+
+
+def test_bistable_phase_coded_resnet_without_synchronous_neurons():
+    """Alternating, a shortcut without SN lands in the block's emitting period and is ignored: the
+    output is not the ANN's. Accumulating while emitting, the undelayed shortcut brings the layer
+    below's next period, the same value in steady state: the ANN's output again."""
+    torch.manual_seed(0)
+    x = torch.randn(32, 1, 16, 16)
+    net = _trained_looking(mc.ResNet(1, (4, 8), 1, stem_stride=2), x)
+    logits, K = net(x, 1)[0], 16
+    for alternate, close in ((True, False), (False, True)):
+        snn = mc.convert(net, x, percentile=100.0, phase_period=K, phase_bistable=True, phase_alternate=alternate,
+                         sync=False)
+        T = (snn.readout_depth + 1 + 4) * K
+        out = snn(x, T=T, chunk=40)
+        last = (out[-1] - out[-1 - 2 * K]) / (1 if alternate else 2)
+        assert torch.allclose(last, logits, atol=2e-3 * logits.abs().max().item()) == close
+
+
+def test_step_caps_follow_each_readings_latency_floor():
+    """ResNet-20 (19 spiking layers) at K = 8: the bistable phase-coded pipeline needs (19 + 1) * 8
+    = 160 steps before its first complete period at the readout."""
+    net = mc.ResNet(3, (16, 32, 64), 3).eval()
+    kw = dict(calib_x=None, thresholds=[1.0] * 19)
+    bistable = mc.convert(net, phase_period=8, phase_bistable=True, **kw)
+    assert mc.latency_floor(bistable) == 160 and mc.step_cap(bistable) == 1280
+    assert mc.step_cap(bistable, factor=4, minimum=0) == 640
+    assert mc.latency_floor(mc.convert(net, burst_phase=4, **kw)) == 80
+    assert mc.latency_floor(mc.convert(net, phase_period=8, **kw)) == 8
+    plain = mc.convert(net, **kw)
+    assert mc.latency_floor(plain) == 1 and mc.step_cap(plain) == 1024
+    assert mc.step_cap(mc.convert(net, phase_period=12, phase_bistable=True, **kw), minimum=1000) == 1920
+
+
+def test_trace_of_one_phase_coded_neuron_over_two_periods():
+    K, v = 4, 0.7
+    r = mc.trace_phase_neuron([v, 0, 0, 0] * 2, theta=1.0, phase_period=K)
+    assert r["phase"] == [0, 1, 2, 3] * 2 and r["threshold"] == [0.5, 0.25, 0.125, 0.0625] * 2
+    assert r["spike"][:K] == [1, 0, 1, 1]  # 0.7 = 0.5 + 0.125 + 0.0625 + 0.0125
+    assert r["emitted"][K - 1] == pytest.approx(0.6875) and r["membrane"][K - 1] == pytest.approx(0.0125)
+    assert r["emitted"][-1] == pytest.approx(np.floor(2 * v * 2 ** K) / 2 ** K)
+    b = mc.trace_phase_neuron([0.3, 0.4, 0, 0] * 2, theta=2.0, phase_period=K, bistable=True)
+    assert b["spike"][:K] == [0] * K and b["accumulated"][K - 1] == pytest.approx(0.7)
+    assert b["weight"][K:] == [0.0, 0.5, 0.0, 0.125]  # 0.7 / 2 = 0.35 -> 0.25 + 0.0625 (phases 1, 3), times 2
+
+
+@pytest.mark.parametrize("reading", [dict(), dict(phase_period=4, phase_bistable=True), dict(burst_phase=2)])
+def test_chunked_evaluation_resumes_and_equals_one_run(tmp_path, reading):
+    """Stopped after its first chunk and resumed, a chunked evaluation stores one file per chunk and
+    gives what one run over all images gives (same process: same CPU, threads, batch size); a store
+    of another configuration or code is refused."""
+    torch.manual_seed(0)
+    ann = mc.ann_net("784-20-20-10", (1, 28, 28)).eval()
+    x = torch.rand(48, 1, 28, 28)
+    data = _Images(x, ann(x, 1)[0].argmax(1) ^ (torch.arange(48) % 3 == 0))  # some wrong labels
+    snn = mc.convert(ann, x, **reading)
+    T_read = range(1, 41)
+    one = mc.evaluate_conversion(snn, ann, data, T_read, batch_size=8, chunk=16)
+    store, kw = tmp_path / "run", dict(batch_size=8, chunk=16, store=tmp_path / "run", chunk_images=16,
+                                       config=dict(reading=str(reading)))
+    part = mc.evaluate_conversion(snn, ann, data, T_read, stop_at=0.0, **kw)
+    assert part["images"] == 16 and not part["complete"] and len(list(store.glob("chunk_*.pt"))) == 1
+    whole = mc.evaluate_conversion(snn, ann, data, T_read, **kw)
+    assert whole["complete"] and sorted(p.name for p in store.glob("chunk_*.pt")) == [
+        "chunk_0000000_0000016.pt", "chunk_0000016_0000032.pt", "chunk_0000032_0000048.pt"]
+    for k, v in one.items():
+        if k in ("seconds", "chunks"):
+            continue
+        if isinstance(v, torch.Tensor):
+            assert torch.equal(v, whole[k]), k
+        else:
+            assert repr(v) == repr(whole[k]), k  # nan == nan as text
+    assert len(one["sin"]) == 40 and one["layer_spikes"].shape == (2, 40)
+    again = mc.evaluate_conversion(snn, ann, data, T_read, **kw)  # everything read back
+    assert torch.equal(again["predictions"], one["predictions"]) and again["seconds"] == whole["seconds"]
+    with pytest.raises(ValueError, match="another configuration or code"):
+        mc.evaluate_conversion(snn, ann, data, T_read, **dict(kw, config=dict(reading="other")))
+    with pytest.raises(ValueError, match="another configuration or code"):
+        mc.evaluate_conversion(snn, ann, data, range(1, 33), **kw)
+    with pytest.raises(ValueError, match="multiple of batch_size"):
+        mc.evaluate_conversion(snn, ann, data, T_read, **dict(kw, chunk_images=12))
+
+
+def test_chunks_of_other_code_are_refused(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    ann = mc.ann_net("784-10-10", (1, 28, 28)).eval()
+    data = _Images(torch.rand(8, 1, 28, 28), torch.zeros(8, dtype=torch.long))
+    snn = mc.convert(ann, data.x, phase_period=4)
+    kw = dict(batch_size=4, store=tmp_path, chunk_images=4)
+    chunk = mc.evaluate_conversion(snn, ann, data, range(1, 9), **kw)
+    assert chunk["chunks"][0]["provenance"]["commit"] == rt.provenance()["commit"]
+    monkeypatch.setattr(mc, "_code_digest", lambda: "edited")
+    with pytest.raises(ValueError, match=r"differs in \['code'\]"):
+        mc.evaluate_conversion(snn, ann, data, range(1, 9), **kw)
