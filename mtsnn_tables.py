@@ -673,10 +673,12 @@ def _reset_entries(docs):
         if r44:
             p, b = r44["reset_grad paper, S_max 15"], r44["reset_grad bptt, S_max 15"]
             p1, b1, d1 = (r44[f"reset_grad {x}, S_max 1"] for x in ("paper", "bptt", "detach"))
+            d1_learned = learned(d1["accuracy_mean"], d1["relu_twin_accuracy"], d1["silent_outputs"][0])
             extra = (f"; notebook 44 ({p['dataset']} {p['network']}, {p['epochs']} epochs, one seed): implicit "
                      f"{p['accuracy_mean']:.2f} / {p1['accuracy_mean']:.2f} %, plain BPTT {b['accuracy_mean']:.2f} / "
-                     f"{b1['accuracy_mean']:.2f} % at S_max 15 / 1; the detached reset at S_max = 1 did not learn "
-                     f"({d1['accuracy_mean']:.2f} %, silent outputs {d1['silent_outputs'][0]})")
+                     f"{b1['accuracy_mean']:.2f} % at S_max 15 / 1; the detached reset at S_max = 1 "
+                     f"{'learned' if d1_learned else 'did not learn'} ({d1['accuracy_mean']:.2f} %, silent outputs "
+                     f"{d1['silent_outputs'][0] or 'none'})")
         out.append(_entry(
             "Eqs. 11-13: the implicitly differentiated reset trains where plain BPTT through the reset does not",
             "eqs. 11-13", "eqs. 11-13 (no experiment)", "46_gradient_readings",
