@@ -5,7 +5,8 @@ the table of the issue "The convolutional networks barely learn", rerun.
 
 Rows already in --out (same name and dataset) are kept and not rerun, so an interrupted run goes on.
 
-Every run: seed 0, one CPU thread (the 32C5 FashionMNIST run: two), Table 1 settings apart from
+Each row records the commit that ran it (rows made before rows had that field take the file's
+provenance of the time). Every run: seed 0, one CPU thread (the 32C5 FashionMNIST run: two), Table 1 settings apart from
 the variation named. MNIST/FashionMNIST runs train on all 60 000 images and test on the first
 2 000 test images; the CIFAR-10 runs train the quick network on the first 10 000 images of the
 cifar10-jpeg75 copy and test on 2 000. Per epoch: test accuracy, the output neurons that never
@@ -43,6 +44,11 @@ RUNS = [  # name, dataset, spec, epochs, train images, threads, changes from the
     ("lr 0.005", "cifar10", QUICK_CIFAR, 3, 10_000, 1, dict(lr=0.005)),
     ("ReLU twin (cross-entropy, Adam 1e-3)", "cifar10", QUICK_CIFAR, 3, 10_000, 1, dict(relu=True)),
     ("defaults", "fmnist", FMNIST_CNN, 1, None, 2, {}),
+    # binary spikes (issue 34): the output layer's start relative to S_max against the absolute 0.25 it replaced
+    ("S_max 1, T 1: binary spikes, output start S_max/60", "cifar10", QUICK_CIFAR, 3, 10_000, 1,
+     dict(lr=0.002, s_max=1, T=1)),
+    ("S_max 1, T 1: binary spikes, output start 0.25 (the previous default)", "cifar10", QUICK_CIFAR, 3, 10_000, 1,
+     dict(lr=0.002, s_max=1, T=1, init_output_rate=0.25)),
 ]
 
 
@@ -62,7 +68,7 @@ def run(name, dataset, spec, epochs, subset, threads, change):
                       for h in r["history"]]
     return dict(name=name, dataset=data[0].variant, network=spec, train_images=len(data[0]), test_images=len(data[1]),
                 threads=threads, change={k: v for k, v in change.items() if k != "relu"}, epochs=epochs_out,
-                seconds=round(time.time() - t0, 1))
+                seconds=round(time.time() - t0, 1), provenance=rt.provenance())
 
 
 if __name__ == "__main__":
@@ -71,7 +77,8 @@ if __name__ == "__main__":
     args = ap.parse_args()
     torch.set_flush_denormal(True)
     out = Path(args.out)
-    rows = json.loads(out.read_text())["rows"] if out.exists() else []
+    stored = json.loads(out.read_text()) if out.exists() else dict(rows=[])
+    rows = [dict(r, provenance=r.get("provenance", stored.get("provenance"))) for r in stored["rows"]]
     done = {(r["name"], r["dataset"].split("-")[0]) for r in rows}
     for spec in RUNS:
         if spec[:2] in done:
