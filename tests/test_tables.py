@@ -33,12 +33,16 @@ def test_profiles_follow_table1_and_the_paper():
     s = tb.settings("10_mnist_mlp", "full", epochs=3, seeds=[7])
     assert (s["epochs"], s["seeds"]) == (3, [7])
     assert tb.settings("30_cifar10_cnn", "quick")["spec"] == mt.QUICK_CIFAR10_SPEC
+    long = tb.settings("11_mnist_cnn", "long", epochs=60)  # the paper's network, data and rate, not its 200 x 5
+    assert (long["spec"], long["lr"], long["subset"], long["seeds"], long["epochs"]) == (
+        tb.settings("11_mnist_cnn", "full")["spec"], 0.005, None, [0], 60)
     assert mt.TABLE1 == dict(T=2, s_max=15, surrogate="f2", alpha_h=1.0, alpha_w=20.0, v_th=10.0, tau_m=10.0)
 
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(stem="12_mnist"), "stem must be one of"),
     (dict(profile="fast"), "profile must be one of"),
+    (dict(profile="long"), "long profile needs its epochs"),
     (dict(epochs=0), "epochs must be an integer >= 1"),
     (dict(seeds=[]), "seeds must be a non-empty list"),
     (dict(seeds=[0, -1]), "seeds must be a non-empty list"),

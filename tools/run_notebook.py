@@ -8,7 +8,7 @@ runs it with notebooks/ as working directory and writes it back. The first markd
 "Stored outputs" line is then rewritten with the profile, device, runtime and date. A failure
 names the notebook and the cell, and the exit status is 1.
 
-A notebook whose stored outputs come from a longer profile (full) than the one asked for is left
+A notebook whose stored outputs come from a longer profile (long, full) than the one asked for is left
 as it is, with a message: a quick regeneration never replaces a stored full run. --replace
 overrides that.
 """
@@ -27,7 +27,7 @@ import papermill as pm
 from mtsnn_runtime import device_name, pick_device
 
 STAMP = re.compile(r"^\*\*Stored outputs:\*\*.*$", re.M)
-PROFILES = ("test", "quick", "full")  # shortest first
+PROFILES = ("test", "quick", "long", "full")  # shortest first; "long": a table's paper network for fewer epochs
 
 
 def stored_profile(path):
