@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PAPER_MAP = [
     ("Eqs. 1-5, Fig. 1: the multi-threshold LIF neuron", ["01_neuron_dynamics"],
      "mtsnn_core.MultiThresholdLIF (on CUDA: mtsnn_fused)"),
-    ("Eq. 6: the loss on output spikes", ["03_first_mtsnn"], "mtsnn_core.spike_mse_loss"),
+    ("Eq. 6: the loss on output spikes; Figs. 2-3: the graph unrolled in time", ["03_first_mtsnn"],
+     "mtsnn_core.spike_mse_loss"),
     ("Eqs. 9-13: the gradient and the implicit reset", ["02_derivative_curves", "44_reset_gradient",
                                                         "46_gradient_readings"],
      "mtsnn_core._MultiThresholdFire, mtsnn_gradients"),
@@ -49,6 +50,8 @@ PAPER_MAP = [
     ("Converted-SNN rows, BSNN (toy)", ["50_conversion_bsnn"], "mtsnn_convert"),
     ("BSNN at CIFAR-10 scale: ResNet-20, VGG-7", ["51_bsnn_cifar10"], "mtsnn_convert, tools/train_conversion_anns.py"),
     ("The method from scratch (teaching)", ["04_from_scratch"], "written out in the notebook"),
+    ("Ours: the stored Table 2-3 networks' spikes; T = 1 as a quantised ReLU", ["05_trained_spikes"],
+     "mtsnn_core.load_model, SpikingNet.record, evaluate"),
     ("Every claim with our evidence", ["90_summary"], "mtsnn_tables.claim_ledger"),
 ]
 
