@@ -1313,6 +1313,10 @@ MT_S_MAX = 15  # the multi-threshold paper's S_max
 # the candidates, the calibration images (training images 0..999) and the selection images (training
 # images 1000..1255: other images than the calibration's, never test images)
 SELECTION = dict(K=(4, 6, 8), percentile=(99.9, 99.99), calibration_images=1000, images=256, factor=4, minimum=256)
+# each reading's step cap in the comparison: `step_cap(snn, **READING_CAP)`, 4 x its latency floor, at least 512
+# steps (ResNet-20 bistable phase-coded at K = 8: 640; every other reading of both networks: 512). Chosen for
+# the cost (docs/long_runs.md: ~3 ms per image-step on one uncontended thread, more beside other runs)
+READING_CAP = dict(factor=4, minimum=512)
 
 
 def bsnn_readings(net, K):
@@ -1370,7 +1374,7 @@ def compare_readings(net, ann, thresholds, data, K, readings=None, caps=None, st
                      chunk_images=100, stop_at=None, stored_code=False):
     """Every reading of `bsnn_readings(net, K)` (or those named in `readings`) converted with the
     same `thresholds` and evaluated on `data` at every step up to its cap (`caps`: {name: steps},
-    default `step_cap(snn)`), each in its own store `store`/<reading_slug> (resumable, chunks of
+    default `step_cap(snn, **READING_CAP)`), each in its own store `store`/<reading_slug> (resumable, chunks of
     `chunk_images`). Returns {name: evaluate_conversion's result + cap, latency_floor, convert
     arguments}, the readings done (a reading left unfinished by `stop_at` ends the list)."""
     out = {}
@@ -1380,7 +1384,7 @@ def compare_readings(net, ann, thresholds, data, K, readings=None, caps=None, st
         if out and stop_at is not None and time.time() > stop_at:
             break
         snn = convert(ann, None, thresholds=thresholds, **kw)
-        cap = (caps or {}).get(name) or step_cap(snn)
+        cap = (caps or {}).get(name) or step_cap(snn, **READING_CAP)
         r = evaluate_conversion(snn, ann, data, range(1, cap + 1), batch_size, chunk,
                                 store=Path(store) / reading_slug(name) if store else None, chunk_images=chunk_images,
                                 config=dict(net=net, reading=name, convert=repr(kw)), stop_at=stop_at,
