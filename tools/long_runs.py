@@ -22,7 +22,7 @@ ReLU twin, one run after another, with exactly the checkpoint names the notebook
 phase-coded readings chosen on training images (`mc.select_phase_code`: 256 training images that are
 not the 1,000 calibration images), then every reading of `mc.bsnn_readings` with those thresholds on
 the first `--images` test images, every step up to the reading's cap (`mc.step_cap`), in chunks of
-100 images under DIR/bsnn/<net>/ (a chunk is written when done; the same command goes on from the
+250 images under DIR/bsnn/<net>/ (a chunk is written when done; the same command goes on from the
 chunks there). `summary.json` beside them lists what is done. Notebook 51 at the full profile with
 `-p CHECKPOINT_DIR DIR` reads the chunks back (it computes nothing that is stored).
 
@@ -180,7 +180,7 @@ def cifar(spec, T, s_max, seed, precision, checkpoint_dir, threads, max_epochs=2
 
 
 def bsnn(checkpoint_dir, threads, images=BSNN_IMAGES, nets=tuple(BSNN_ANNS), readings=None, weights_dir=None,
-         selection=mc.SELECTION, caps=None, batch_size=50, chunk_images=100, stop_at=None):
+         selection=mc.SELECTION, caps=None, batch_size=50, chunk_images=250, stop_at=None):
     """Notebook 51's conversions in chunks under `checkpoint_dir`/bsnn/<net>/: the selection of K and
     the percentile on training images, then every reading (`readings`: a subset, the tests' tiny
     run) on the first `images` test images. Returns the summary it writes to bsnn/summary.json
@@ -208,7 +208,8 @@ def bsnn(checkpoint_dir, threads, images=BSNN_IMAGES, nets=tuple(BSNN_ANNS), rea
         results = mc.compare_readings(net, ann, thresholds, test, best["K"], readings, caps,
                                       store=root / net / "test", batch_size=batch_size, chunk_images=chunk_images,
                                       stop_at=stop_at)
-        summary["nets"][net] = dict(recipe=BSNN_ANNS[net], chosen=best, selection=rows, readings={
+        summary["nets"][net] = dict(recipe=BSNN_ANNS[net], chosen=best, selection=rows, thresholds=thresholds,
+                                    readings={
             name: dict(cap=r["cap"], latency_floor=r["latency_floor"], ann_accuracy=r["ann_accuracy"],
                        steps_within={str(d): mc.steps_within(r["accuracy"], r["ann_accuracy"], d) for d in (1.0, 0.5)},
                        accuracy_at_cap=r["accuracy"][r["cap"]], sops_at_cap=r["sops"][r["cap"]],
