@@ -800,6 +800,7 @@ class ConvertedSNN(nn.Module):
         current, out = self.first(images), []
         for t0 in range(0, T, chunk):
             steps = min(chunk, T - t0)
+            self.t0 = t0  # the step the synaptic-operation counters of `_evaluate_images` place this chunk at
             x = current.unsqueeze(0).expand(steps, *current.shape)
             if self.phase is not None:
                 x = x * self.phase.input_weights(t0, steps, x.device).view(-1, *[1] * current.dim())
@@ -984,7 +985,51 @@ def convert(ann, calib_x, percentile=99.9, s_max=1, burst_phase=None, keep_resid
     snn = ConvertedSNN(first, stages, synapse(readout) if code is not None else readout, len(thetas), burst_phase,
                        code)
     snn.relu_of = ifs  # IF layer -> the ANN ReLU it replaces (for the SIN statistics)
+    snn.source_of = _synapse_sources(snn)
     return snn.eval()
+
+
+def _synapse_sources(snn):
+    """{synaptic module (`mt.TimeFolded` or `PhaseSynapse`) run on spikes: the spiking layer whose
+    output it receives} in the order they run (the first layer, run once on the image, is not one of
+    them; a ResNet block's shortcut receives what its conv1 receives; pooling passes spikes through).
+    What `evaluate_conversion` counts synaptic operations on (a plain dict: not submodules)."""
+    sources, last = {}, None
+    for stage in snn.stages:
+        if isinstance(stage, IFLayer):
+            last = stage
+        elif isinstance(stage, SpikingBlock):
+            sources.update({stage.conv1: last, stage.shortcut: last, stage.conv2: stage.if_a})
+            last = stage.if_b
+        elif isinstance(stage, (mt.TimeFolded, PhaseSynapse)) and isinstance(
+                stage.affine if isinstance(stage, PhaseSynapse) else stage.layer, (nn.Conv2d, nn.Linear)):
+            sources[stage] = last  # (a flatten or dropout stage passes spikes through)
+    sources[snn.readout] = last
+    return sources
+
+
+def fan_out(layer, shape):
+    """Per input neuron of `layer` (shape [C, H, W] or [N]): the number of synapses leaving it, i.e.
+    of output neurons one of its spikes changes (a conv: out channels x the kernel positions that
+    reach it, fewer at a border or with a stride; a linear layer or the head global-average-pool ->
+    linear: its outputs; an identity shortcut: 1)."""
+    if isinstance(layer, nn.Identity):
+        return torch.ones(shape)
+    if isinstance(layer, nn.Linear):
+        return torch.full(shape, float(layer.out_features))
+    if isinstance(layer, nn.Conv2d):
+        ones = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                         layer.dilation, layer.groups, bias=False, padding_mode=layer.padding_mode)
+        nn.init.ones_(ones.weight)
+        x = torch.zeros(1, *shape, requires_grad=True)
+        with torch.enable_grad():
+            ones(x).sum().backward()
+        return x.grad[0].detach()
+    if isinstance(layer, nn.Sequential):
+        rest = [m for m in layer if not isinstance(m, (nn.Flatten, nn.AdaptiveAvgPool2d, nn.Identity))]
+        if len(rest) == 1 and isinstance(rest[0], nn.Linear):  # the head: every input feeds every output
+            return torch.full(shape, float(rest[0].out_features))
+    raise ValueError(f"no fan-out rule for {layer}")
 
 
 
@@ -1011,6 +1056,42 @@ def _tensor_digest(*tensors):
     return h.hexdigest()[:16]
 
 
+def _synaptic_op_hooks(snn, T):
+    """Forward pre-hooks on every synaptic module of `snn.source_of` that add, per step, the
+    synaptic operations of the spikes arriving there (summed over the batch) to the rows of the
+    returned float64 [synapses, T] (whole numbers, so sums over chunks are exact), and the hooks.
+
+    One synaptic operation = one accumulate (AC: a weight added to a membrane). A spike arriving at
+    a synaptic module costs its sender's `fan_out` ACs there. A multi-threshold spike of s levels
+    (IF layers: s = value / (theta/s_max)) costs s times that, as it counts s in `layer_spikes` (s
+    additions of the weight, or one weight times a 4-bit s). A phase-coded spike (weight 2^-(k+1))
+    costs one AC per synapse: the receiving neuron adds the weight scaled by 2^-(k+1), a shift in
+    fixed point (Kim et al. 2018's weighted spike), so a period of K phases costs at most K ACs per
+    synapse. Not counted: the first layer's convolution on the analog image (run once per image:
+    multiply-adds, not spikes), biases, the readout's accumulation, max pooling and delays."""
+    sources = getattr(snn, "source_of", {})
+    counts = torch.zeros(len(sources), T, dtype=torch.float64)
+    fans = {}
+
+    def hook(row, module, source):
+        layer = module.affine if isinstance(module, PhaseSynapse) else module.layer
+
+        def count(_, inputs):
+            x = inputs[0]
+            if row not in fans:
+                fans[row] = fan_out(layer, tuple(x.shape[2:])).to(x.device, x.dtype).flatten()
+            if isinstance(source, PhaseCodedLayer):
+                events = (x != 0).to(x.dtype)
+            else:
+                events = torch.round(x / (source.theta / source.s_max))
+            ops = torch.einsum("tbn,n->t", events.flatten(2), fans[row]).double().round().cpu()
+            counts[row, snn.t0:snn.t0 + len(ops)] += ops
+        return count
+
+    hooks = [m.register_forward_pre_hook(hook(row, m, source)) for row, (m, source) in enumerate(sources.items())]
+    return counts, hooks
+
+
 @torch.no_grad()
 def _evaluate_images(snn, ann, x, y, T, batch_size, chunk):
     """One run of `snn` for T steps over the images x (labels y), batch by batch: the raw counts
@@ -1018,27 +1099,34 @@ def _evaluate_images(snn, ann, x, y, T, batch_size, chunk):
     nothing yet), ann_predictions, labels; per spiking layer and step, summed over the images,
     layer_spikes (spikes; a multi-threshold spike of s levels counts s) and layer_sin (those of
     neurons whose ANN activation is 0), float64 [layers, T] holding whole numbers (so sums over
-    chunks are exact); neurons and inactive_neurons per layer (summed over the images)."""
+    chunks are exact); neurons and inactive_neurons per layer (summed over the images); layer_sops,
+    float64 [synaptic modules, T]: synaptic operations per step summed over the images
+    (`_synaptic_op_hooks`)."""
     t0, ifs = time.time(), snn.if_layers()
     preds, ann_preds, neurons, inactive = [], [], [0] * len(ifs), [0] * len(ifs)
     for m in ifs:
         m.clear_stats()
-    for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size]
-        acts = relu_activations(ann, xb, batch_size)
-        for k, m in enumerate(ifs):
-            a = acts[snn.relu_of[m]]
-            m.inactive = ((F.max_pool2d(a, m.mask_pool) if m.mask_pool else a) <= 0).float()
-            neurons[k] += m.inactive[0].numel() * len(xb)
-            inactive[k] += int(m.inactive.sum().item())
-        ann_preds.append(ann(xb, 1)[0].argmax(1).cpu())
-        out = snn(xb, T, chunk)  # [T, B, classes]
-        # no current has reached the readout yet (a bistable pipeline filling up): no answer, -1
-        preds.append(torch.where((out == 0).all(2), -1, out.argmax(2)).to(torch.int8).cpu())
+    sops, hooks = _synaptic_op_hooks(snn, T)
+    try:
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size]
+            acts = relu_activations(ann, xb, batch_size)
+            for k, m in enumerate(ifs):
+                a = acts[snn.relu_of[m]]
+                m.inactive = ((F.max_pool2d(a, m.mask_pool) if m.mask_pool else a) <= 0).float()
+                neurons[k] += m.inactive[0].numel() * len(xb)
+                inactive[k] += int(m.inactive.sum().item())
+            ann_preds.append(ann(xb, 1)[0].argmax(1).cpu())
+            out = snn(xb, T, chunk)  # [T, B, classes]
+            # no current has reached the readout yet (a bistable pipeline filling up): no answer, -1
+            preds.append(torch.where((out == 0).all(2), -1, out.argmax(2)).to(torch.int8).cpu())
+    finally:
+        for h in hooks:
+            h.remove()
     result = dict(predictions=torch.cat(preds, 1), ann_predictions=torch.cat(ann_preds), labels=y.cpu(),
                   layer_spikes=torch.stack([m.spikes_total.double().cpu() for m in ifs]),
                   layer_sin=torch.stack([m.spikes_inactive.double().cpu() for m in ifs]),
-                  neurons=neurons, inactive_neurons=inactive, seconds=time.time() - t0)
+                  neurons=neurons, inactive_neurons=inactive, layer_sops=sops, seconds=time.time() - t0)
     for m in ifs:
         m.inactive = None
         m.clear_stats()
@@ -1055,23 +1143,32 @@ def _chunk_key(snn, ann, T, batch_size, chunk, chunk_images, config):
                 T_max=T, batch_size=batch_size, chunk=chunk, chunk_images=chunk_images, code=_code_digest())
 
 
-def _run_chunks(snn, ann, data, T, batch_size, chunk, store, chunk_images, config, stop_at):
+def _run_chunks(snn, ann, data, T, batch_size, chunk, store, chunk_images, config, stop_at, stored_code=False):
     """The chunks of `evaluate_conversion(store=...)`: read the stored ones (refusing any of
     another key), compute the missing ones in order and store each atomically. Returns the
-    chunks covering images 0.. in order (fewer when `stop_at` stopped it)."""
+    chunks covering images 0.. in order (fewer when `stop_at` stopped it). `stored_code`: see
+    `evaluate_conversion`."""
     _expect("chunk_images", chunk_images, int, lambda v: v >= 1 and v % batch_size == 0,
             f"a positive multiple of batch_size ({batch_size}), so that a chunked run batches as one run")
     store = Path(store)
     store.mkdir(parents=True, exist_ok=True)
     key = _chunk_key(snn, ann, T, batch_size, chunk, chunk_images, config)
-    stored = {}
+    stored, codes = {}, set()
     for path in sorted(store.glob("chunk_*.pt")):
         c = torch.load(path, map_location="cpu", weights_only=False)
+        codes.add(c["key"]["code"])
         if c["key"] != key:
-            diff = sorted(k for k in key if c["key"].get(k) != key[k])
+            diff = sorted(k for k in key if c["key"].get(k) != key[k] and not (stored_code and k == "code"))
+            if not diff:  # the same run, computed by another version of the code
+                if len(codes) > 1:
+                    raise ValueError(f"{store} holds chunks of more than one version of the code: never mixed")
+                stored[c["images"]] = c
+                continue
             raise ValueError(f"{path} holds another configuration or code (differs in {diff}): "
                              f"chunks are never mixed; use another store")
         stored[c["images"]] = c
+    if len(codes) > 1:
+        raise ValueError(f"{store} holds chunks of more than one version of the code: never mixed")
     chunks, last = [], None
     for i in range(0, len(data), chunk_images):
         j = min(i + chunk_images, len(data))
@@ -1082,6 +1179,9 @@ def _run_chunks(snn, ann, data, T, batch_size, chunk, store, chunk_images, confi
             if c["data_digest"] != digest:
                 raise ValueError(f"the stored chunk of images {i}..{j} in {store} holds other images")
         else:
+            if stored_code:
+                raise ValueError(f"{store} holds no chunk of images {i}..{j}: with stored_code=True nothing is "
+                                 f"computed (run the missing chunks with the code that computed the others)")
             if stop_at is not None and last is not None and time.time() + last > stop_at:
                 break
             c = dict(_evaluate_images(snn, ann, x, y, T, batch_size, chunk), key=key, images=(i, j),
@@ -1094,20 +1194,24 @@ def _run_chunks(snn, ann, data, T, batch_size, chunk, store, chunk_images, confi
 
 @torch.no_grad()
 def evaluate_conversion(snn, ann, data, T_read=T_READ, batch_size=250, chunk=32, store=None, chunk_images=None,
-                        config=None, stop_at=None):
+                        config=None, stop_at=None, stored_code=False):
     """Run `snn` for T = max(T_read) steps on every image of `data` and read the accumulated
     output at each T in T_read (e.g. `range(1, step_cap(snn) + 1)`: every step).
 
     Resumable: with `store` (a folder) the images are run in chunks of `chunk_images` (a multiple
     of `batch_size`, so that the batches are those of one run), each chunk written atomically to
     `store` as soon as it is done, with its per-image predictions at every step (and the ANN's),
-    its per-layer per-step spike and SIN counts and neuron counts, the configuration (`config`,
+    its per-layer per-step spike, SIN and synaptic-operation counts and neuron counts, the configuration (`config`,
     the caller's description, plus the network, its parameters, T, batch and chunk sizes: see
     `_chunk_key`), a hash of the code that computed it and `rt.provenance()` (commit, CPU,
     torch). A later call with the same arguments reads the stored chunks and runs only the
     missing ones; a stored chunk of another configuration or code is refused (ValueError), never
     mixed in. `stop_at` (a time.time() value): no chunk is started that would end after it (judged
-    by the last chunk's duration); the result then covers the chunks done (`complete` False). The
+    by the last chunk's duration); the result then covers the chunks done (`complete` False).
+    `stored_code=True` reads a complete store as it is even when another version of the code
+    computed it (all its chunks by one and the same: they are still never mixed; each chunk's
+    `provenance` names its commit) and computes nothing (ValueError for a missing chunk): how a
+    notebook reads a long run made at a pinned commit. The
     combined result equals one run over all images (same CPU, threads and batch size): counts are
     whole numbers, summed exactly.
 
@@ -1115,7 +1219,9 @@ def evaluate_conversion(snn, ann, data, T_read=T_READ, batch_size=250, chunk=32,
     sin={T: [per spiking layer: fraction of its spikes up to T emitted by neurons whose ANN
     activation is 0, nan for a layer that has not spiked yet]} at every T of T_read, sin_weighted
     (the same with each spike weighted by its value: for phase coding the share of the value sent;
-    for IF layers the same as sin), rate=[per layer: spikes per neuron per step over T],
+    for IF layers the same as sin), sops={T: synaptic operations (accumulates) per image up to T}
+    (`_synaptic_op_hooks` says what one costs), layer_sops (float64 [synaptic modules, T], summed
+    over the images), rate=[per layer: spikes per neuron per step over T],
     spikes=[spikes per image at each step, all layers], layer_spikes and layer_sin (float64
     [layers, T], summed over the images), neurons and inactive_neurons (per layer, summed over
     the images), predictions (int8 [len(T_read), images], -1 = no answer yet), ann_predictions,
@@ -1126,7 +1232,8 @@ def evaluate_conversion(snn, ann, data, T_read=T_READ, batch_size=250, chunk=32,
     if store is None:
         chunks = [dict(_evaluate_images(snn, ann, data.x, data.y, T, batch_size, chunk), images=(0, len(data)))]
     else:
-        chunks = _run_chunks(snn, ann, data, T, batch_size, chunk, store, chunk_images or batch_size, config, stop_at)
+        chunks = _run_chunks(snn, ann, data, T, batch_size, chunk, store, chunk_images or batch_size, config, stop_at,
+                             stored_code)
         if not chunks:
             return None
     return _combine(snn, chunks, T_read, complete=chunks[-1]["images"][1] == len(data))
@@ -1137,7 +1244,7 @@ def _combine(snn, chunks, T_read, complete=True):
     T = chunks[0]["predictions"].shape[0]
     all_pred = torch.cat([c["predictions"] for c in chunks], 1)
     ann_pred, y = (torch.cat([c[k] for c in chunks]) for k in ("ann_predictions", "labels"))
-    spikes, inactive = (sum(c[k] for c in chunks) for k in ("layer_spikes", "layer_sin"))
+    spikes, inactive, sops = (sum(c[k] for c in chunks) for k in ("layer_spikes", "layer_sin", "layer_sops"))
     neurons, inactive_neurons = ([sum(v) for v in zip(*(c[k] for c in chunks))]
                                  for k in ("neurons", "inactive_neurons"))
     n, ifs = len(y), snn.if_layers()
@@ -1155,10 +1262,13 @@ def _combine(snn, chunks, T_read, complete=True):
                 ann_accuracy=100.0 * (ann_pred == y).sum().item() / n, sin=shares(inactive, spikes),
                 sin_weighted=shares(inactive * value, spikes * value),
                 rate=[(s.sum() / (k * T)).item() for s, k in zip(spikes, neurons)],
-                spikes=(spikes.sum(0) / n).tolist(), layer_spikes=spikes, layer_sin=inactive, neurons=neurons,
+                spikes=(spikes.sum(0) / n).tolist(), layer_spikes=spikes, layer_sin=inactive, layer_sops=sops,
+                sops={t: v for t, v in zip(T_read, (sops.sum(0).cumsum(0)[[t - 1 for t in T_read]] / n).tolist())},
+                neurons=neurons,
                 inactive_neurons=inactive_neurons, predictions=pred, ann_predictions=ann_pred, labels=y, images=n,
                 complete=complete, seconds=sum(c["seconds"] for c in chunks),
-                chunks=[{k: c.get(k) for k in ("images", "seconds", "device", "provenance")} for c in chunks])
+                chunks=[dict({k: c.get(k) for k in ("images", "seconds", "device", "provenance")},
+                             code=c.get("key", {}).get("code")) for c in chunks])
 
 
 def steps_within(accuracy, ceiling, points):
@@ -1191,3 +1301,95 @@ def result_rows(method, result, spec, dataset_variant, epochs, s_max=1, **extra)
                    dataset_variant=dataset_variant, test_accuracy=acc)
         rows.append(mr.result_row(f"{method}, T={T}", [run], method=method, agreement=result["agreement"][T], **extra))
     return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. Notebook 51's comparison of readings (run in the background by `tools/long_runs.py bsnn`)
+# ----------------------------------------------------------------------------------------------
+
+RATE_CODED_PHASE = 4  # P of the rate-coded reading, as notebook 51's first run (not tuned)
+MT_S_MAX = 15  # the multi-threshold paper's S_max
+# K and the threshold percentile of the phase-coded readings, chosen on training images (`select_phase_code`):
+# the candidates, the calibration images (training images 0..999) and the selection images (training
+# images 1000..1255: other images than the calibration's, never test images)
+SELECTION = dict(K=(4, 6, 8), percentile=(99.9, 99.99), calibration_images=1000, images=256, factor=4, minimum=256)
+# each reading's step cap in the comparison: `step_cap(snn, **READING_CAP)`, 4 x its latency floor, at least 512
+# steps (ResNet-20 bistable phase-coded at K = 8: 640; every other reading of both networks: 512). Chosen for
+# the cost (docs/long_runs.md: ~3 ms per image-step on one uncontended thread, more beside other runs)
+READING_CAP = dict(factor=4, minimum=512)
+
+
+def bsnn_readings(net, K):
+    """Notebook 51's readings of network `net` ("resnet20" or "vgg7"): {name: `convert` arguments}.
+    The ResNet has each bistable reading with and without synchronous neurons (SN) on its
+    shortcuts; a plain network has no shortcut to synchronise."""
+    r = {"plain IF": {}, "multi-threshold IF": dict(s_max=MT_S_MAX), "phase coding": dict(phase_period=K)}
+    bistable = dict(phase_period=K, phase_bistable=True)
+    rate = dict(burst_phase=RATE_CODED_PHASE)
+    if net.startswith("resnet"):
+        r.update({"bistable phase-coded + SN": dict(bistable, sync=True),
+                  "bistable phase-coded": dict(bistable, sync=False),
+                  "rate-coded reading + SN": dict(rate, sync=True), "rate-coded reading": dict(rate, sync=False)})
+    else:
+        r.update({"bistable phase-coded": bistable, "rate-coded reading": rate})
+    return r
+
+
+def reading_slug(name):
+    """A folder name for a reading: "bistable phase-coded + SN" -> "bistable_phase-coded_SN"."""
+    return "_".join(name.replace("+", " ").split())
+
+
+def select_phase_code(ann, calib_x, data, selection=SELECTION, store=None, batch_size=64, chunk=32, stop_at=None):
+    """K and the threshold percentile of the phase-coded readings, chosen on training images `data`
+    (never the test set): the bistable phase-coded network (SN on ResNet shortcuts) of every
+    candidate pair is run for `step_cap(snn, factor, minimum)` steps; the pair that comes within 1
+    point of its ANN (on the same images) in the fewest steps wins, ties to the higher accuracy at
+    its cap, then to the smaller K. Resumable (`store`/<K>_<percentile>/; past `stop_at` no
+further candidate is started). Returns (the chosen row,
+    all rows: K, percentile, cap, steps_within_1, accuracy_at_cap, ann_accuracy), or None while a
+    candidate is unfinished (`stop_at`)."""
+    rows = []
+    for p in selection["percentile"]:
+        thetas = calibrate(ann, calib_x, p)
+        for K in selection["K"]:
+            if rows and stop_at is not None and time.time() > stop_at:
+                return None
+            snn = convert(ann, None, thresholds=thetas, phase_period=K, phase_bistable=True, sync=True)
+            cap = step_cap(snn, selection["factor"], selection["minimum"])
+            r = evaluate_conversion(snn, ann, data, range(1, cap + 1), batch_size, chunk,
+                                    store=Path(store) / f"K{K}_p{p}" if store else None, chunk_images=batch_size,
+                                    config=dict(what="selection of K and percentile", K=K, percentile=p),
+                                    stop_at=stop_at)
+            if r is None or not r["complete"]:
+                return None
+            within = steps_within(r["accuracy"], r["ann_accuracy"], 1.0)
+            rows.append(dict(K=K, percentile=p, cap=cap, steps_within_1=within,
+                             accuracy_at_cap=r["accuracy"][cap], ann_accuracy=r["ann_accuracy"], seconds=r["seconds"]))
+    best = min(rows, key=lambda r: (r["steps_within_1"] or math.inf, -r["accuracy_at_cap"], r["K"]))
+    return best, rows
+
+
+def compare_readings(net, ann, thresholds, data, K, readings=None, caps=None, store=None, batch_size=50, chunk=32,
+                     chunk_images=100, stop_at=None, stored_code=False):
+    """Every reading of `bsnn_readings(net, K)` (or those named in `readings`) converted with the
+    same `thresholds` and evaluated on `data` at every step up to its cap (`caps`: {name: steps},
+    default `step_cap(snn, **READING_CAP)`), each in its own store `store`/<reading_slug> (resumable, chunks of
+    `chunk_images`). Returns {name: evaluate_conversion's result + cap, latency_floor, convert
+    arguments}, the readings done (a reading left unfinished by `stop_at` ends the list)."""
+    out = {}
+    for name, kw in bsnn_readings(net, K).items():
+        if readings is not None and name not in readings:
+            continue
+        if out and stop_at is not None and time.time() > stop_at:
+            break
+        snn = convert(ann, None, thresholds=thresholds, **kw)
+        cap = (caps or {}).get(name) or step_cap(snn, **READING_CAP)
+        r = evaluate_conversion(snn, ann, data, range(1, cap + 1), batch_size, chunk,
+                                store=Path(store) / reading_slug(name) if store else None, chunk_images=chunk_images,
+                                config=dict(net=net, reading=name, convert=repr(kw)), stop_at=stop_at,
+                                stored_code=stored_code)
+        if r is None or not r["complete"]:
+            break
+        out[name] = dict(r, cap=cap, latency_floor=latency_floor(snn), convert=kw)
+    return out

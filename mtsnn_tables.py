@@ -460,7 +460,8 @@ def verdict(s, row):
 # The claim ledger (notebook 90): every paper claim against our stored evidence
 # ----------------------------------------------------------------------------------------------
 FAMILIES = ("Tables 2-6", "Figs. 1, 4-5", "Fig. 6", "Fig. 7", "Fig. 8", "Fig. 9", "eqs. 11-13", "conversion",
-            "BSNN (rate-coded reading)", "ours: T = 1", "ours: conversion at T <= 2", "ours: gradient readings")
+            "BSNN (rate-coded reading)", "BSNN (bistable phase-coded reading)", "ours: T = 1",
+            "ours: conversion at T <= 2", "ours: gradient readings")
 
 
 def _entry(claim, family, paper, source, evidence, verdict, *, comparable, learned=None, silent_outputs=0,
@@ -845,7 +846,111 @@ def _t1_entry(docs):
 
 
 def _bsnn_entries(doc):
-    """Notebook 51's ledger rows: BSNN's claims in our rate-coded reading of the bistable neuron, the
+    """Notebook 51's ledger rows: its JSON of every reading (`readings`: `_bsnn_reading_entries`) or
+    the first run's (`methods`: the rate-coded reading only, below)."""
+    if "readings" in doc:
+        return _bsnn_reading_entries(doc)
+    return _bsnn_rate_coded_entries(doc)
+
+
+BSNN_READINGS = {"rate-coded reading": "BSNN (rate-coded reading)",
+                 "bistable phase-coded": "BSNN (bistable phase-coded reading)"}
+
+
+def _bsnn_reading_entries(doc):
+    """Notebook 51's ledger rows from its comparison of readings: each BSNN claim once per reading
+    of the bistable neuron ("BSNN, rate-coded reading: ...", "BSNN, bistable phase-coded reading:
+    ..."), the 1/4-1/10 claim against plain IF and against phase coding (the likely previous work);
+    then the conversion-latency argument (plain IF) and ours, multi-threshold IF at T <= 2. A
+    reading not within 1 point by its cap counts as cap + 1 steps."""
+    m, n, ann, nets = doc["readings"], doc["images"], doc["ann_accuracy"], list(doc["ann_accuracy"])
+    within = lambda key: m[key]["steps_within"]["1.0"]
+    steps = lambda key: within(key) or m[key]["cap"] + 1
+    show = lambda key: within(key) or f"> {m[key]['cap']}"
+    K = {net: doc["chosen"][net]["K"] for net in nets}
+    workload = (f"cifar10-jpeg75, {n} test images, ANN " + " / ".join(f"{net} {ann[net]:.2f} %" for net in nets)
+                + "; K = " + ", ".join(f"{K[net]} ({net})" for net in nets) + f", P = {doc['rate_coded_phase']}")
+    entries = []
+    for reading, fam in BSNN_READINGS.items():
+        name = reading if reading.endswith("reading") else f"{reading} reading"
+        bsnn = {net: f"{net}/{reading} + SN" if net.startswith("resnet") else f"{net}/{reading}" for net in nets}
+        for base in ("plain IF", "phase coding"):
+            ratios = {net: steps(f"{net}/{base}") / steps(key) for net, key in bsnn.items()}
+            outcome = combine("holds" if r >= 4 and within(bsnn[net]) else "opposite" if r < 1 else "undecided"
+                              for net, r in ratios.items())
+            entries.append(_entry(
+                f"BSNN, {name}: nearly lossless conversion in 1/4-1/10 of the steps of {base}", fam,
+                "BSNN abstract (VGG16, ResNet-20/34, CIFAR-10 95.16 %)", "51_bsnn_cifar10",
+                f"{workload}; within 1 point of the ANN from T = " + ", ".join(
+                    f"{show(f'{net}/{base}')} ({base}) vs {show(key)} ({key.split('/')[1]}) on {net}"
+                    for net, key in bsnn.items()), decide(outcome, plateau=True), comparable=False, learned=None, n=1,
+                ratios=ratios))
+        sn, no = f"resnet20/{reading} + SN", f"resnet20/{reading}"
+        if sn in m and no in m:
+            T = min(m[sn]["cap"], m[no]["cap"])
+            a_sn, a_no = m[sn]["accuracy"][T - 1], m[no]["accuracy"][T - 1]
+            mdd = 2 * math.hypot(single_se(a_sn, n), single_se(a_no, n))
+            entries.append(_entry(f"BSNN, {name}: ResNets need synchronous neurons on their shortcuts", fam,
+                                  "BSNN abstract", "51_bsnn_cifar10", f"{workload}; ResNet-20 at T = {T}: with SN "
+                                  f"{a_sn:.2f} %, without {a_no:.2f} % ({_mdd_text(mdd)}, unpaired binomial)",
+                                  decide(difference_outcome(a_sn - a_no, mdd), plateau=True), comparable=False, mdd=mdd,
+                                  n=1, difference=a_sn - a_no))
+        sin = lambda key: m[key]["sin"][str(m[key]["cap"])]
+        signs = {net: [b - a for a, b in zip(sin(f"{net}/plain IF"), sin(key)) if a is not None and b is not None
+                       and (a or b)] for net, key in bsnn.items()}
+        mean_sin = lambda key: _mean([x for x in sin(key) if x is not None])
+        part = lambda d: ("holds" if len(d) >= 5 and all(x < 0 for x in d) else
+                          "opposite" if len(d) >= 5 and all(x > 0 for x in d) else "undecided")
+        text = ", ".join(f"{net} plain IF {100 * mean_sin(f'{net}/plain IF'):.2f} %, {key.split('/')[1]} "
+                         f"{100 * mean_sin(key):.2f} % (higher in {sum(x > 0 for x in signs[net])} of "
+                         f"{len(signs[net])} layers)" for net, key in bsnn.items())
+        entries.append(_entry(f"BSNN, {name}: bistable neurons remove the spikes of inactivated neurons (SIN)", fam,
+                              "BSNN abstract", "51_bsnn_cifar10",
+                              f"{workload}; SIN up to each reading's cap, mean over spiking layers: {text}",
+                              decide(combine(part(d) for d in signs.values()), plateau=True), comparable=False, n=1))
+    entries += _conversion_latency_entries(m, n, ann, nets, workload, "plain IF", "multi-threshold IF")
+    return entries
+
+
+def _mean(v):
+    return sum(v) / len(v) if v else float("nan")
+
+
+def _conversion_latency_entries(m, n, ann, nets, workload, plain, mt_if):
+    """The conversion-latency argument (plain IF) and ours, multi-threshold IF conversion at T <= 2
+    (rows of `m` named `net`/`plain`, `net`/`mt_if`, accuracy lists from T = 1)."""
+    within = lambda key: m[key]["steps_within"]["1.0"]
+    show = lambda key: within(key) or f"> {m[key].get('cap', len(m[key]['accuracy']))}"
+    at2 = {net: m[f"{net}/{plain}"]["accuracy"][1] for net in nets}
+    mdds = {net: image_paired_mdd(at2[net], ann[net], m[f"{net}/{plain}"]["agreement"][1], n) for net in nets}
+    outcome = combine(difference_outcome(at2[net] - ann[net], mdds[net], -1) for net in nets)
+    entries = [_entry("Conversion needs tens to hundreds of steps (CIFAR-10 networks)", "conversion",
+                      "Table 6 (converted SNN 83.52 %, ANN 83.72 %; direct T = 2: 87.90 %)", "51_bsnn_cifar10",
+                      f"{workload}; plain IF within 1 point from T = "
+                      + ", ".join(f"{show(f'{net}/{plain}')} ({net})" for net in nets) + "; at T = 2: "
+                      + ", ".join(f"{at2[net]:.2f} % ({net}, MDD {mdds[net]:.2f} paired over images)" for net in nets),
+                      decide(outcome, plateau=True), comparable=False, mdd=max(mdds.values()), n=1)]
+    paper_direct = TABLES["30_cifar10_cnn"].paper_accuracy
+    for net in sorted(nets, reverse=True):  # vgg7, resnet20: the order of the first run's rows
+        key = f"{net}/{mt_if}"
+        a2 = m[key]["accuracy"][1]
+        mdd = image_paired_mdd(a2, ann[net], m[key]["agreement"][1], n)
+        mdd_p = 2 * single_se(a2, n)
+        outcome = combine([reaches_outcome(a2 - ann[net], mdd), reaches_outcome(a2 - paper_direct, mdd_p)])
+        entries.append(_entry(
+            f"Ours (51): multi-threshold IF conversion of {net} reaches at T = 2 what its ANN and the paper's direct "
+            f"training (87.90 %) reach", "ours: conversion at T <= 2",
+            "the paper argues direct training is what buys low latency (Table 6: 87.90 % at T = 2)", "51_bsnn_cifar10",
+            f"{workload}; multi-threshold IF (S_max = 15) at T = 2 {a2:.2f} %: minus its ANN {a2 - ann[net]:+.2f} "
+            f"(MDD {mdd:.2f}, paired over images), minus the paper's direct {a2 - paper_direct:+.2f} (MDD {mdd_p:.2f}, "
+            f"binomial; the paper's own network on canonical data); within 1 point of the ANN from T = {show(key)}; "
+            f"margin ± {EQUIVALENCE_MARGIN:g}",
+            decide(outcome, "reaches", plateau=True), comparable=False, mdd=mdd, n=1, accuracy_T2=a2))
+    return entries
+
+
+def _bsnn_rate_coded_entries(doc):
+    """Notebook 51's first run's ledger rows: BSNN's claims in our rate-coded reading of the bistable neuron, the
     conversion-latency argument, and ours, multi-threshold IF conversion at T <= 2, on ResNet-20 and
     VGG-7 (cifar10-jpeg75, ANNs trained to convergence: not like for like, but at a plateau)."""
     m, n, T = doc["methods"], doc["images"], len(doc["methods"]["resnet20/IF"]["accuracy"])
@@ -886,33 +991,7 @@ def _bsnn_entries(doc):
                                                  f"{sum(x > 0 for x in signs[net])} of {len(signs[net])} layers)"
                                                  for net, key in bsnn.items()) + f"; {reading}",
                           decide(combine(part(d) for d in signs.values()), plateau=True), comparable=False, n=1))
-    at2 = {net: m[f"{net}/IF"]["accuracy"][1] for net in bsnn}
-    mdds = {net: image_paired_mdd(at2[net], ann[net], m[f"{net}/IF"]["agreement"][1], n) for net in bsnn}
-    outcome = combine(difference_outcome(at2[net] - ann[net], mdds[net], -1) for net in bsnn)
-    entries.append(_entry("Conversion needs tens to hundreds of steps (CIFAR-10 networks)", "conversion",
-                          "Table 6 (converted SNN 83.52 %, ANN 83.72 %; direct T = 2: 87.90 %)", "51_bsnn_cifar10",
-                          f"{workload}; plain IF within 1 point from T = "
-                          + ", ".join(f"{show(f'{net}/IF')} ({net})" for net in bsnn) + "; at T = 2: "
-                          + ", ".join(f"{at2[net]:.2f} % ({net}, MDD {mdds[net]:.2f} paired over images)"
-                                      for net in bsnn),
-                          decide(outcome, plateau=True), comparable=False, mdd=max(mdds.values()), n=1))
-    paper_direct = TABLES["30_cifar10_cnn"].paper_accuracy
-    for net in ("vgg7", "resnet20"):
-        key = f"{net}/MT-IF"
-        a2 = m[key]["accuracy"][1]
-        mdd = image_paired_mdd(a2, ann[net], m[key]["agreement"][1], n)
-        mdd_p = 2 * single_se(a2, n)
-        outcome = combine([reaches_outcome(a2 - ann[net], mdd), reaches_outcome(a2 - paper_direct, mdd_p)])
-        entries.append(_entry(
-            f"Ours (51): multi-threshold IF conversion of {net} reaches at T = 2 what its ANN and the paper's direct "
-            f"training (87.90 %) reach", "ours: conversion at T <= 2",
-            "the paper argues direct training is what buys low latency (Table 6: 87.90 % at T = 2)", "51_bsnn_cifar10",
-            f"{workload}; multi-threshold IF (S_max = 15) at T = 2 {a2:.2f} %: minus its ANN {a2 - ann[net]:+.2f} "
-            f"(MDD {mdd:.2f}, paired over images), minus the paper's direct {a2 - paper_direct:+.2f} (MDD {mdd_p:.2f}, "
-            f"binomial; the paper's own network on canonical data); within 1 point of the ANN from T = {show(key)}; "
-            f"margin ± {EQUIVALENCE_MARGIN:g}",
-            decide(outcome, "reaches", plateau=True), comparable=False, mdd=mdd, n=1, accuracy_T2=a2))
-    return entries
+    return entries + _conversion_latency_entries(m, n, ann, list(bsnn), workload, "IF", "MT-IF")
 
 
 def full_profile_cost(figures_dir, bench_json):

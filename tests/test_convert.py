@@ -654,3 +654,66 @@ def test_chunks_of_other_code_are_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(mc, "_code_digest", lambda: "edited")
     with pytest.raises(ValueError, match=r"differs in \['code'\]"):
         mc.evaluate_conversion(snn, ann, data, range(1, 9), **kw)
+
+
+def test_fan_out_counts_the_synapses_leaving_each_neuron():
+    conv = nn.Conv2d(2, 5, 3, padding=1)
+    f = mc.fan_out(conv, (2, 4, 4))
+    assert f[0, 1, 1] == 5 * 9 and f[1, 0, 0] == 5 * 4 and f[0, 0, 1] == 5 * 6  # inside, corner, edge
+    assert (mc.fan_out(nn.Conv2d(2, 5, 1, stride=2), (2, 4, 4))[0] == torch.tensor([[5., 0] * 2, [0] * 4] * 2)).all()
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 10))
+    assert (mc.fan_out(head, (2, 3, 3)) == 10).all() and (mc.fan_out(nn.Identity(), (3,)) == 1).all()
+
+
+@pytest.mark.parametrize("reading", [dict(), dict(s_max=4), dict(phase_period=4), dict(burst_phase=2),
+                                     dict(phase_period=4, phase_bistable=True)])
+def test_synaptic_operations_are_spikes_times_fan_out(reading):
+    """An MLP 784-20-30-10: per step, the first spiking layer's spikes (levels) reach 30 neurons
+    each, the second's 10; a phase-coded spike costs one accumulate whatever its weight."""
+    torch.manual_seed(0)
+    ann = mc.ann_net("784-20-30-10", (1, 28, 28)).eval()
+    x = torch.rand(8, 1, 28, 28)
+    snn = mc.convert(ann, x, **reading)
+    r = mc.evaluate_conversion(snn, ann, _Images(x, torch.zeros(8, dtype=torch.long)), range(1, 25), batch_size=4,
+                               chunk=5)
+    expected = r["layer_spikes"][0] * 30 + r["layer_spikes"][1] * 10  # layer_spikes counts levels, one per spike
+    assert r["layer_sops"].shape == (2, 24) and torch.equal(r["layer_sops"].sum(0), expected)
+    assert expected.sum() > 0
+    assert r["sops"][24] == pytest.approx(expected.sum().item() / 8) and r["sops"][1] == expected[0].item() / 8
+
+
+def test_synaptic_operations_of_a_resnet_count_the_shortcuts():
+    """ResNet blocks: conv1 and the shortcut (identity: one synapse; 1x1 conv) both receive the
+    block's input spikes; summed over steps, every spiking layer's spikes times its fan-out."""
+    torch.manual_seed(0)
+    net = mc.ResNet(1, (4, 8), 1, stem_stride=2).eval()
+    x = torch.randn(4, 1, 16, 16)
+    snn = mc.convert(net, x)
+    r = mc.evaluate_conversion(snn, net, _Images(x, torch.zeros(4, dtype=torch.long)), range(1, 17), batch_size=4)
+    assert len(snn.source_of) == 2 * 3 + 1  # 2 blocks x (conv1, conv2, shortcut) + readout
+    block0 = snn.stages[1]
+    assert snn.source_of[block0.shortcut] is snn.stages[0] and snn.source_of[block0.conv2] is block0.if_a
+    assert isinstance(block0.shortcut.layer, nn.Identity) and r["layer_sops"][:3].sum() > 0
+    assert all(v >= 0 and v == int(v) for v in r["layer_sops"].flatten().tolist())
+
+
+def test_a_complete_store_of_other_code_is_read_only_when_asked(tmp_path, monkeypatch):
+    """stored_code=True reads a store that another version of the code computed, as it is, and
+    computes nothing: a missing chunk is an error; chunks of two versions are never mixed."""
+    torch.manual_seed(0)
+    ann = mc.ann_net("784-10-10", (1, 28, 28)).eval()
+    data = _Images(torch.rand(8, 1, 28, 28), torch.zeros(8, dtype=torch.long))
+    snn = mc.convert(ann, data.x)
+    kw = dict(batch_size=4, store=tmp_path, chunk_images=4)
+    first = mc.evaluate_conversion(snn, ann, data, range(1, 9), **kw)
+    monkeypatch.setattr(mc, "_code_digest", lambda: "edited")
+    read = mc.evaluate_conversion(snn, ann, data, range(1, 9), stored_code=True, **kw)
+    assert torch.equal(read["predictions"], first["predictions"]) and read["sops"] == first["sops"]
+    (tmp_path / "chunk_0000004_0000008.pt").unlink()
+    with pytest.raises(ValueError, match="nothing is computed"):
+        mc.evaluate_conversion(snn, ann, data, range(1, 9), stored_code=True, **kw)
+    mc.evaluate_conversion(snn, ann, data, range(1, 9), stop_at=0.0, **dict(kw, store=tmp_path / "new"))
+    for p in (tmp_path / "new").glob("*.pt"):
+        p.rename(tmp_path / "chunk_0000004_0000008.pt")
+    with pytest.raises(ValueError, match="more than one version"):
+        mc.evaluate_conversion(snn, ann, data, range(1, 9), stored_code=True, **kw)

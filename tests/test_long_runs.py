@@ -74,3 +74,39 @@ def test_cifar_plateau_run_end_to_end(tmp_path):
     assert set(doc["accuracy_at_T"]) == {1, 2, 3, 4} and set(doc["converted_twin"]["accuracy"]) == {1, 2}
     assert json.loads((tmp_path / f"{doc['name']}.json").read_text())["epochs"] == 2
     assert long_runs.cifar(**kw)["history"] == doc["history"]  # resumed: nothing trained again
+
+
+needs_bsnn_anns = pytest.mark.skipif(not (ROOT / "weights" / "cifar10_vgg7.pt").exists(), reason="no stored VGG-7")
+
+
+@needs_cifar
+@needs_bsnn_anns
+def test_bsnn_conversions_choose_on_training_images_stash_and_resume_elsewhere(tmp_path):
+    """`bsnn` on 8 test images of the stored VGG-7, two readings: K and the percentile are chosen on
+    training images, every chunk is stored; stopped after its first chunk, stashed (gzip) and
+    restored elsewhere, the same command finishes there with the same chunks as one run."""
+    import mtsnn_convert as mc
+    selection = dict(mc.SELECTION, K=(2, 4), percentile=(99.9,), calibration_images=16, images=8, factor=1, minimum=8)
+    kw = dict(threads=1, images=8, nets=("vgg7",), readings=("plain IF", "bistable phase-coded"), selection=selection,
+              caps={"plain IF": 12, "bistable phase-coded": 40}, batch_size=4, chunk_images=4)
+    one = long_runs.bsnn(tmp_path / "one", **kw)
+    net = one["nets"]["vgg7"]
+    assert net["chosen"]["K"] in (2, 4) and [r["K"] for r in net["selection"]] == [2, 4]
+    assert list(net["readings"]) == ["plain IF", "bistable phase-coded"]
+    assert net["readings"]["bistable phase-coded"]["latency_floor"] == 7 * net["chosen"]["K"]
+
+    here, stash, there = tmp_path / "here", tmp_path / "stash", tmp_path / "there"
+    part = long_runs.bsnn(here, stop_at=0.0, **kw)  # the first chunk of the first candidate only
+    assert part["nets"]["vgg7"] is None and len(list((here / "bsnn").rglob("chunk_*.pt"))) == 1
+    assert len(long_runs.stash_chunks(here, stash)) == 1 and long_runs.stash_chunks(here, stash) == []
+    long_runs.restore(there, stash)
+    assert len(list((there / "bsnn").rglob("chunk_*.pt"))) == 1
+    resumed = long_runs.bsnn(there, **kw)
+    names = lambda d: sorted(str(p.relative_to(d)) for p in (d / "bsnn").rglob("chunk_*.pt"))
+    assert names(there) == names(tmp_path / "one")
+    strip = lambda s: {k: {r: {k2: v for k2, v in x.items() if k2 != "seconds"} for r, x in n["readings"].items()}
+                       for k, n in s["nets"].items()}
+    assert strip(resumed) == strip(one)
+    for a in (there / "bsnn").rglob("chunk_*.pt"):
+        b = torch.load(tmp_path / "one" / a.relative_to(there), weights_only=False)
+        assert torch.equal(torch.load(a, weights_only=False)["predictions"], b["predictions"])

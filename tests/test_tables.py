@@ -361,6 +361,7 @@ def test_conversion_doc_bsnn_table_is_the_json():
     """docs/conversion.md's notebook-51 rows quote figures/51_bsnn_cifar10.json: accuracy at T = 2, 32
     and 256, the steps to within 1 and 0.5 points of the ANN, the time per image, and the ANNs."""
     doc = json.loads((tb.STORED_DIR / "51_bsnn_cifar10.json").read_text())
+    doc = doc["h200_standard_run"] if "readings" in doc else doc  # the first run, kept by the comparison's JSON
     readme = CONVERSION_DOC.read_text()
     block = readme[readme.index("<!-- bsnn table -->"):readme.index("<!-- /bsnn table -->")]
     cells_of = lambda line: [c.strip() for c in line.strip().strip("|").split("|")]

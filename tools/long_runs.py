@@ -2,6 +2,7 @@
 
     python tools/long_runs.py tables [--stems 10_mnist_mlp 20_fmnist_mlp] [--checkpoint-dir DIR] [--threads 1]
     python tools/long_runs.py cifar [--spec SPEC] [--T 2] [--s-max 15] [--seed 0] [--precision float32] [--threads 1]
+    python tools/long_runs.py bsnn [--images 2000] [--nets resnet20 vgg7] [--threads 1]
     python tools/long_runs.py stash      # before work stops: DIR's checkpoints into checkpoints/ (tracked)
     python tools/long_runs.py restore    # on a fresh clone: checkpoints/ back into DIR (`tables` does it first)
 
@@ -16,21 +17,34 @@ ReLU twin, one run after another, with exactly the checkpoint names the notebook
 (`tb.train_seeds`, `tb.relu_twin`): once they are done, the notebook run at the full profile with
 `-p CHECKPOINT_DIR DIR` finds them finished and only reads them back.
 
+`bsnn`: notebook 51's conversions (docs/long_runs.md: the cost), on the stored ANNs `BSNN_ANNS` (ResNet-20
+`distilled_long`, VGG-7 `standard`): for each network first K and the threshold percentile of the
+phase-coded readings chosen on training images (`mc.select_phase_code`: 256 training images that are
+not the 1,000 calibration images), then every reading of `mc.bsnn_readings` with those thresholds on
+the first `--images` test images, every step up to the reading's cap (`mc.step_cap`), in chunks of
+250 images under DIR/bsnn/<net>/ (a chunk is written when done; the same command goes on from the
+chunks there). `summary.json` beside them lists what is done. Notebook 51 at the full profile with
+`-p CHECKPOINT_DIR DIR` reads the chunks back (it computes nothing that is stored).
+
 Run it from a git worktree at a pinned commit (`git worktree add ../pinned-<sha> <sha>`), so that
 editing the main tree does not mark the runs' provenance dirty; keep DIR outside every work tree
 (default ~/.cache/mtsnn/runs). A run outlasts a session, and a session may end on another machine:
 `stash` copies every checkpoint of DIR into the tracked folder checkpoints/ (a finished `mt.train`
 run as its weights without optimizer state, which `mt.train` reads back as finished; an unfinished
-one whole, weights and optimizer), to be committed; `restore` puts them back where the runs look,
-unless DIR already holds as many epochs, and the same `tables` command then goes on bit for bit
-(same CPU model and threads; each epoch records where it ran).
+one whole, weights and optimizer), and every finished chunk of DIR/bsnn/ gzip-compressed into
+checkpoints/bsnn/ (a chunk's predictions, one byte per image and step, compress ~10-fold), to be
+committed; `restore` puts them back where the runs look, unless DIR already holds as many epochs (or
+the chunk), and the same `tables` or `bsnn` command then goes on bit for bit (same CPU model and
+threads; each epoch and chunk records where it ran).
 """
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +64,8 @@ STASH = ROOT / "checkpoints"
 # 20 % of epochs beats the best before by less than 0.2 points.
 PLATEAU = dict(min_epochs=60, window=0.2, min_gain=0.2)
 HELD_OUT = 5000
+BSNN_ANNS = {"resnet20": "distilled_long", "vgg7": "standard"}  # the stored ANNs notebook 51 converts (recipes)
+BSNN_IMAGES = 2000
 
 
 def _epochs(path):
@@ -77,13 +93,46 @@ def stash(checkpoint_dir, stash_dir=STASH):
 
 
 def restore(checkpoint_dir, stash_dir=STASH):
-    """Copy the stashed checkpoints into `checkpoint_dir` where it holds fewer epochs of the run."""
+    """Copy the stashed checkpoints into `checkpoint_dir` where it holds fewer epochs of the run,
+    and the stashed conversion chunks (checkpoints/bsnn/) where it lacks them."""
     Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
     for path in sorted(stash_dir.glob("*.pt")):
         target = Path(checkpoint_dir) / path.name
         if not target.exists() or _epochs(target)[0] < _epochs(path)[0]:
             shutil.copyfile(path, target)
             print(f"restored {path.name}: {_epochs(path)[0]} epochs", flush=True)
+    restored = 0
+    for path in sorted((stash_dir / "bsnn").rglob("chunk_*.pt.gz")):
+        target = Path(checkpoint_dir) / path.relative_to(stash_dir).with_suffix("")
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(target.name + ".tmp")
+            with gzip.open(path, "rb") as f, open(tmp, "wb") as g:
+                shutil.copyfileobj(f, g)
+            tmp.replace(target)
+            restored += 1
+    if restored:
+        print(f"restored {restored} conversion chunks into {Path(checkpoint_dir) / 'bsnn'}", flush=True)
+
+
+def stash_chunks(checkpoint_dir, stash_dir=STASH):
+    """gzip every conversion chunk of `checkpoint_dir`/bsnn/ (each written whole, atomically, when
+    done) into `stash_dir`/bsnn/ at the same place, unless it is there; returns the files written."""
+    written = []
+    for path in sorted((Path(checkpoint_dir) / "bsnn").rglob("chunk_*.pt")):
+        target = stash_dir / path.relative_to(checkpoint_dir).with_name(path.name + ".gz")
+        if target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".tmp")
+        with open(path, "rb") as f, open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as g:
+            shutil.copyfileobj(f, g)
+        tmp.replace(target)
+        written.append(target)
+    if written:
+        print(f"stashed {len(written)} conversion chunks ({sum(p.stat().st_size for p in written) / 1e6:.1f} MB)",
+              flush=True)
+    return written
 
 
 def tables(stems, checkpoint_dir, threads):
@@ -130,9 +179,51 @@ def cifar(spec, T, s_max, seed, precision, checkpoint_dir, threads, max_epochs=2
     return doc
 
 
+def bsnn(checkpoint_dir, threads, images=BSNN_IMAGES, nets=tuple(BSNN_ANNS), readings=None, weights_dir=None,
+         selection=mc.SELECTION, caps=None, batch_size=50, chunk_images=250, stop_at=None):
+    """Notebook 51's conversions in chunks under `checkpoint_dir`/bsnn/<net>/: the selection of K and
+    the percentile on training images, then every reading (`readings`: a subset, the tests' tiny
+    run) on the first `images` test images. Returns the summary it writes to bsnn/summary.json
+    (None for a network whose selection is unfinished when `stop_at` stops it)."""
+    torch.set_num_threads(threads)
+    root = Path(checkpoint_dir) / "bsnn"
+    n_calib = selection["calibration_images"]
+    train = md.load_dataset("cifar10", True, subset=n_calib + selection["images"])
+    calib_x, select_ds = train.x[:n_calib], train.split(n_calib)[1]
+    test = md.load_dataset("cifar10", False, subset=images)
+    summary = dict(images=images, anns=dict(BSNN_ANNS), selection=selection, batch_size=batch_size,
+                   chunk_images=chunk_images, threads=threads, provenance=rt.provenance(), nets={})
+    for net in nets:
+        ann = mc.load_cifar10_ann(net, weights_dir, recipe=BSNN_ANNS[net])[0]
+        t0 = time.time()
+        chosen = mc.select_phase_code(ann, calib_x, select_ds, selection, store=root / net / "selection",
+                                      stop_at=stop_at)
+        if chosen is None:
+            summary["nets"][net] = None
+            break
+        (best, rows) = chosen
+        print(f"{net}: K = {best['K']}, percentile {best['percentile']} chosen on {len(select_ds)} training images "
+              f"({time.time() - t0:.0f} s): {rows}", flush=True)
+        thresholds = mc.calibrate(ann, calib_x, best["percentile"])
+        results = mc.compare_readings(net, ann, thresholds, test, best["K"], readings, caps,
+                                      store=root / net / "test", batch_size=batch_size, chunk_images=chunk_images,
+                                      stop_at=stop_at)
+        summary["nets"][net] = dict(recipe=BSNN_ANNS[net], chosen=best, selection=rows, thresholds=thresholds,
+                                    readings={
+            name: dict(cap=r["cap"], latency_floor=r["latency_floor"], ann_accuracy=r["ann_accuracy"],
+                       steps_within={str(d): mc.steps_within(r["accuracy"], r["ann_accuracy"], d) for d in (1.0, 0.5)},
+                       accuracy_at_cap=r["accuracy"][r["cap"]], sops_at_cap=r["sops"][r["cap"]],
+                       seconds=r["seconds"]) for name, r in results.items()})
+        for name, r in summary["nets"][net]["readings"].items():
+            print(f"  {name}: {r}", flush=True)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["tables", "cifar", "stash", "restore"])
+    parser.add_argument("what", choices=["tables", "cifar", "bsnn", "stash", "restore"])
     parser.add_argument("--stems", nargs="+", default=["10_mnist_mlp", "20_fmnist_mlp"], choices=list(tb.TABLES))
     parser.add_argument("--checkpoint-dir", type=Path, default=DEFAULT_DIR)
     parser.add_argument("--threads", type=int, default=1)
@@ -142,9 +233,12 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--max-epochs", type=int, default=200)
+    parser.add_argument("--images", type=int, default=BSNN_IMAGES)
+    parser.add_argument("--nets", nargs="+", default=list(BSNN_ANNS), choices=list(BSNN_ANNS))
     args = parser.parse_args(argv)
     if args.what == "stash":
         stash(args.checkpoint_dir)
+        stash_chunks(args.checkpoint_dir)
         return
     restore(args.checkpoint_dir)
     if args.what == "tables":
@@ -154,6 +248,9 @@ def main(argv=None):
         print(f"code: {mt.__file__}, {rt.provenance()}", flush=True)
         cifar(args.spec, args.T, args.s_max, args.seed, args.precision, args.checkpoint_dir, args.threads,
               args.max_epochs)
+    elif args.what == "bsnn":
+        print(f"code: {mc.__file__}, {rt.provenance()}", flush=True)
+        bsnn(args.checkpoint_dir, args.threads, args.images, args.nets)
 
 
 if __name__ == "__main__":
