@@ -169,38 +169,87 @@ def history_frame(result):
     return hist[["epoch", "loss", "train_accuracy", "test_accuracy", "silent outputs", "output_tied", "seconds"]]
 
 
+def plural(n, word):
+    """ "1 epoch", "3 epochs": a count with its noun."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+TRAIN_IMAGES = {"mnist": 60_000, "fmnist": 60_000, "cifar10": 50_000}
+
+
+def workload(s):
+    """What settings `s` train, in words for a figure's title: dataset, training images, epochs, seeds."""
+    images = f"{s['subset']:,}" if s.get("subset") else f"all {TRAIN_IMAGES[s['dataset']]:,}"
+    seeds = s["seeds"]
+    name = DATASET_NAMES.get(s["dataset"], s["dataset"])
+    return (f"{name}, {images} training images, {plural(s['epochs'], 'epoch')}, "
+            f"{'seed' if len(seeds) == 1 else 'seeds'} {', '.join(map(str, seeds))} ({s['profile']} profile)")
+
+
+def _paper_mark(ax, value, text):
+    """The paper's number as a dotted line where it lies on the data's scale, else as a note in the
+    corner: the axis is not stretched to a number these runs were never meant to reach."""
+    low, high = ax.get_ylim()
+    if low <= value <= high:
+        ax.axhline(value, color="k", ls=":", label=text)
+    else:
+        ax.text(0.01, 0.98 if value > high else 0.02, f"{text} ({'above' if value > high else 'below'} this axis)",
+                transform=ax.transAxes, ha="left", va="top" if value > high else "bottom", fontsize=7)
+
+
 def plot_accuracy(s, results, twin_accuracy, twin_history, path):
     """Test accuracy per epoch: each seed (thin), their mean with the min-max band over seeds, the
-    ReLU twin and the paper's final accuracy."""
+    ReLU twin and the paper's final accuracy. With one epoch there is no curve: one bar per seed and
+    the twin's. Runs that did not learn (`learned`) are marked; the paper's number is a line only
+    where it lies on the data's scale."""
     import matplotlib.pyplot as plt
     table = TABLES[s["stem"]]
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
     acc = torch.tensor([[h["test_accuracy"] for h in r["history"]] for r in results])
     epochs = [h["epoch"] for h in results[0]["history"]]
     seeds, few = [r["config"]["seed"] for r in results], len(epochs) <= 10
-    if len(results) > 1:
-        for seed, a in zip(seeds, acc):
-            ax.plot(epochs, a, lw=0.6, alpha=0.7, marker="." if few else None, label=f"seed {seed}")
-        ax.fill_between(epochs, acc.amin(0), acc.amax(0), color="C3", alpha=0.2, label="min-max over seeds")
-    ax.plot(epochs, acc.mean(0), "C3", lw=1.5, marker="o" if few else None, mfc="none",
-            label=f"multi-threshold SNN, mean of {len(results)} seeds" if len(results) > 1 else
-            f"multi-threshold SNN, seed {seeds[0]}")
-    if twin_history:
-        ax.plot([h["epoch"] for h in twin_history], [h["test_accuracy"] for h in twin_history], "k-", lw=1,
-                marker="s" if few else None, mfc="none", label="ReLU twin (seed 0)")
+    failed = [not learned(r["history"][-1]["test_accuracy"], twin_accuracy, r["history"][-1].get("silent_outputs"))
+              for r in results]
+    paper = f"paper, {PAPER_EPOCHS} epochs: {table.paper_accuracy:.2f} %"
+    if len(epochs) == 1:  # one epoch: a value per run, no curve
+        names = [f"seed {seed}" for seed in seeds] + ["ReLU twin"]
+        values = acc[:, 0].tolist() + [twin_accuracy]
+        bars = ax.bar(names, values, color=["tab:red" if f else "C0" for f in failed] + ["0.3"], width=0.6)
+        for bar, f in zip(bars, failed):
+            bar.set_hatch("//" if f else None)
+        ax.bar_label(bars, [f"{v:.2f}" + (" (did not learn)" if i < len(failed) and failed[i] else "")
+                            for i, v in enumerate(values)], fontsize=7)
+        if len(results) > 1:
+            ax.axhline(acc.mean().item(), color="C0", lw=1, ls="--", label=f"SNN mean of {len(results)} seeds")
+        ax.axhline(CHANCE, color="0.5", ls=":", lw=1, label="chance")
+        ax.set(xlabel=f"after epoch {epochs[0]}", ylabel="test accuracy (%)", ylim=(0, max(values) * 1.2))
     else:
-        ax.axhline(twin_accuracy, color="k", lw=1, label="ReLU twin (seed 0), last epoch")
-    ax.axhline(table.paper_accuracy, color="k", ls=":", label=f"paper, {PAPER_EPOCHS} epochs: {table.paper_accuracy} %")
-    ax.set(xlabel="epoch", ylabel="test accuracy (%)",
-           title=f"{table.table}: {s['dataset']} {s['spec']}, T = 2 ({s['profile']} profile)")
-    ax.title.set_fontsize(9)
-    if few:  # whole epochs only
-        ax.set_xticks(epochs)
-        ax.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
-    else:
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        if len(results) > 1:
+            for seed, a in zip(seeds, acc):
+                ax.plot(epochs, a, lw=0.6, alpha=0.7, marker="." if few else None, label=f"seed {seed}")
+            ax.fill_between(epochs, acc.amin(0), acc.amax(0), color="C3", alpha=0.2, label="min-max over seeds")
+        ax.plot(epochs, acc.mean(0), "C3", lw=1.5, marker="o" if few else None, mfc="none",
+                label=f"multi-threshold SNN, mean of {len(results)} seeds" if len(results) > 1 else
+                f"multi-threshold SNN, seed {seeds[0]}")
+        for seed, a, f in zip(seeds, acc, failed):
+            if f:
+                ax.plot(epochs[-1], a[-1], "x", color="tab:red", ms=8, mew=2,
+                        label=f"seed {seed} did not learn (tb.learned)")
+        if twin_history:
+            ax.plot([h["epoch"] for h in twin_history], [h["test_accuracy"] for h in twin_history], "k-", lw=1,
+                    marker="s" if few else None, mfc="none", label=f"ReLU twin (seed {seeds[0]})")
+        else:
+            ax.axhline(twin_accuracy, color="k", lw=1, label=f"ReLU twin (seed {seeds[0]}), last epoch")
+        ax.set(xlabel="epoch", ylabel="test accuracy (%)")
+        if few:  # whole epochs only
+            ax.set_xticks(epochs)
+            ax.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
+        else:
+            ax.xaxis.get_major_locator().set_params(integer=True)
+    _paper_mark(ax, table.paper_accuracy, paper)
+    ax.set_title(f"{table.table}: {s['spec']}, T = 2\n{workload(s)}", fontsize=8)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower right" if len(epochs) > 1 else "upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return fig
@@ -233,7 +282,7 @@ def plot_firing(s, results, path):
         a.title.set_fontsize(9)
         a.margins(y=0.15)
         a.tick_params(axis="x", labelsize=7, rotation=30)
-    fig.suptitle(f"{s['table']}, mean over {len(results)} seed(s)", fontsize=9)
+    fig.suptitle(f"{s['table']}, {s['spec']}, mean over the seeds: {workload(s)}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return fig
@@ -1144,27 +1193,59 @@ def point_summary(frame, key, twin_accuracy=None):
                           learned=ok.groupby(frame[key], sort=False).all())
 
 
-def plot_ablation(s, frame, path, xlabel, twin_accuracy, log=False):
+SWEPT_NAMES = {"surrogate": "surrogate curve", "alpha_w": "α_W", "s_max": "S_max", "T": "time steps T"}
+
+
+def ablation_workload(s):
+    """`workload` of an ablation sweep, with its network and test images."""
+    tests = f"{s['test_subset']:,} test images" if s.get("test_subset") else "all test images"
+    return f"{s['spec']}; {workload(s)}; {tests}"
+
+
+def plot_ablation(s, frame, path, xlabel, twin_accuracy, log=False, train=False):
     """The figure's sweep: each seed (dots), mean ± standard deviation over seeds (bars), the ReLU
-    twin and chance."""
+    twin and chance; a seed that did not learn (`learned`) as a red cross, a point where any seed did
+    not learn as a hollow red circle. `train=True` adds the training accuracy of the last epoch
+    (on augmented images, while the weights change) as a second panel, as the paper's Fig. 9 does."""
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    summary = point_summary(frame, s["key"]).reindex(s["points"])
+    fig, axes = plt.subplots(1, 2 if train else 1, figsize=(11, 3.9) if train else (6.5, 3.9), squeeze=False)
+    summary = point_summary(frame, s["key"], twin_accuracy).reindex(s["points"])
     x = list(range(len(s["points"]))) if isinstance(s["points"][0], str) else s["points"]
     position = dict(zip(s["points"], x))
-    ax.plot([position[p] for p in frame[s["key"]]], frame.test, ".", color="0.6", label="one seed")
-    ax.errorbar(x, summary["mean"], yerr=summary["std"], fmt="o-", capsize=4, color="C0",
-                label=f"mean ± sd over {int(summary['count'].min())} seeds")
-    ax.axhline(twin_accuracy, color="k", lw=1, label=f"ReLU twin (seed {s['seeds'][0]})")
-    ax.axhline(CHANCE, color="0.5", ls=":", lw=1, label="chance (10 classes)")
-    ax.set_xticks(x, [str(p) for p in s["points"]])
-    if log:
-        ax.set_xscale("log")
+    silent = frame.silent.map(len) if "silent" in frame else pd.Series(0, index=frame.index)
+    failed = pd.Series([not learned(a, twin_accuracy, [0] * n) for a, n in zip(frame.test, silent)], index=frame.index)
+    for ax, column, name in zip(axes[0], ("test", "train"), ("test accuracy", "training accuracy, last epoch")):
+        stats = frame.groupby(s["key"], sort=False)[column].agg(["mean", "std"]).reindex(s["points"])
+        ok = frame[~failed]
+        ax.plot([position[p] for p in ok[s["key"]]], ok[column], ".", color="0.6", label="one seed")
+        ax.errorbar(x, stats["mean"], yerr=stats["std"], fmt="o-", capsize=4, color="C0",
+                    label=f"mean ± sd over {int(summary['count'].min())} seeds")
+        if failed.any():
+            bad = frame[failed]
+            ax.plot([position[p] for p in bad[s["key"]]], bad[column], "x", color="tab:red", ms=7, mew=1.5,
+                    label="one seed that did not learn (tb.learned)")
+            missed = [p for p in s["points"] if not summary.learned[p]]
+            ax.plot([position[p] for p in missed], stats["mean"][missed], "o", ms=12, mfc="none", mec="tab:red",
+                    mew=1.5, label="a point that did not learn")
+        else:
+            ax.text(0.99, 0.02, "every seed learned (tb.learned)", transform=ax.transAxes, ha="right", fontsize=7)
+        if column == "test":
+            ax.axhline(twin_accuracy, color="k", lw=1, label=f"ReLU twin (seed {s['seeds'][0]}), test")
+        ax.axhline(CHANCE, color="0.5", ls=":", lw=1, label="chance (10 classes)")
+        if log:
+            ax.set_xscale("log")
         ax.set_xticks(x, [str(p) for p in s["points"]])
-    ax.set(xlabel=xlabel, ylabel="test accuracy (%)",
-           title=f"{s['figure']}: {s['dataset']} {s['spec']}, {s['epochs']} epoch(s), {s['profile']} profile")
-    ax.title.set_fontsize(8)
-    ax.grid(alpha=0.3), ax.legend(fontsize=8)
+        ax.set(xlabel=xlabel, ylabel=f"{name} (%)")
+        ax.margins(y=0.1)
+        ax.grid(alpha=0.3)
+        if train:
+            ax.set_title(name, fontsize=9)
+    low = min(ax.get_ylim()[0] for ax in axes[0])
+    high = max(max(ax.get_ylim()[1] for ax in axes[0]), twin_accuracy + 0.4 * (twin_accuracy - CHANCE))
+    for ax in axes[0]:
+        ax.set_ylim(low, high)  # headroom above the twin's line: the legend sits there, not on it
+    axes[0, 0].legend(fontsize=7, loc="upper left", ncol=2)
+    fig.suptitle(f"{s['figure']}, {SWEPT_NAMES.get(s['key'], s['key'])} swept\n{ablation_workload(s)}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return fig
