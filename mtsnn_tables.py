@@ -1249,3 +1249,79 @@ def plot_ablation(s, frame, path, xlabel, twin_accuracy, log=False, train=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Prose shared by several notebooks: one source, shown with IPython.display.Markdown
+# ----------------------------------------------------------------------------------------------
+def _markdown(text):
+    from IPython.display import Markdown
+    return Markdown(text)
+
+
+def ablation_note(s):
+    """The workload of an ablation notebook (40-43) and why it was chosen, as Markdown."""
+    full = ablation_settings(s["stem"], "full")
+    tests = f"{s['test_subset']:,} test images" if s.get("test_subset") else "all test images"
+    net = (f"a shallow CIFAR-10 network, `tb.QUICK_ABLATION_SPEC` ({s['spec']}" if s["profile"] != "full" else
+           f"the paper's network ({s['spec']}")
+    what = f"trains {net}, learning rate {s['lr']:g}) on {workload(s)}, tested on {tests},"
+    return _markdown(
+        f"**Workload.** This run ({s['profile']} profile) {what} every point beside its **ReLU twin** (the same "
+        "network with ReLU on the same images and epochs). The quick profile fits 10 CPU minutes: it shows the "
+        "direction and size of each effect early in training, with the seeds' spread beside it, not the paper's "
+        "accuracies (per CPU second the 8-layer quick network of Table 6 learns more slowly, and with binary "
+        "spikes, S_max = 1, it stays at chance at this budget: the comment above `QUICK_ABLATION_SPEC` in "
+        f"`mtsnn_tables.py` gives the measurements). `PROFILE = \"full\"` is the paper's setting: its network "
+        f"{full['spec']}, Adam lr {full['lr']:g}, batch 128, {plural(full['epochs'], 'epoch')}, all images, "
+        f"{len(full['seeds'])} seeds per point.")
+
+
+TABLE_NOTES = {
+    "setting": "The paper's setting (Table 1): T = 2, S_max = 15, surrogate f2 with α_H = 1 and α_W = 20, V_th = 10 "
+               "mV, τ_m = 10 ms, batch 128, Adam with learning rate {paper_lr:g}, {paper_epochs} epochs, accuracy the "
+               "mean of 5 runs on the full test set. `PROFILE = \"full\"` runs exactly that (seeds 0–4). This run "
+               "({profile} profile): {workload}. It must show that the network learns (its ReLU twin, trained on "
+               "the same images for the same epochs, is the yardstick), not what 200 epochs reach. `\"test\"` is a "
+               "seconds-long check of the cells for CI.",
+    "training": "One run per seed: Adam on the squared error between output spikes and the desired firing (eq. 6; "
+                "S_max spikes per step for the labelled class, none for the others), backpropagation through time "
+                "with the implicit reset gradient of eqs. 11–13. Two of our choices differ from the paper as printed: "
+                "we also apply the reset's factor 1/(1 + V_th·f) to the error sent to lower layers, which eq. 9 "
+                "leaves out (notebook 44), and the synaptic layers have biases (starting at 0, trained), which eq. 2 "
+                "does not. The weights start from our reading of eq. 17 (mean 0 in hidden layers, V_th/N in the "
+                "output layer, each layer scaled to fire 1 spike per neuron per step, the output layer 0.25: "
+                "notebook 45 shows why). The test set is evaluated after every epoch.\n\n"
+                "The seeds are independent runs, trained side by side (`mr.train_sweep`: two worker processes here, "
+                "or one Slurm job each with `EXECUTOR = \"slurm\"`). Each saves a checkpoint after every epoch in "
+                "`CHECKPOINT_DIR` and a rerun resumes there; each seed's trained network is reloaded from its "
+                "checkpoint for the sections below.",
+    "twin": "The same network with ReLU instead of the spiking neuron (its classifier without one), trained on the "
+            "same images for the same epochs with cross-entropy and Adam at 1e-3 from PyTorch's default "
+            "initialisation (`tb.relu_twin`, first seed; checkpointed every epoch in `CHECKPOINT_DIR` like the "
+            "seeds): the reference for \"learns normally\" at this budget, and our counterpart of the paper's ANN "
+            "row.",
+    "energy": "**Reading the counts above.** They are operation counts, not energy. In the convolutional networks the "
+              "spiking network does more operations than the ANN of the same shape (its accumulates, AC, against "
+              "the ANN's multiply-accumulates, MAC: compare the two totals printed above). Any saving printed in µJ "
+              "rests entirely on the assumed energy per operation (`mr.E_AC_PJ` per AC against `mr.E_MAC_PJ` per "
+              "MAC, the 45 nm figures such comparisons usually quote), not on a measurement: the SNN saves energy "
+              "only while one AC costs less than (ANN MACs − first-layer MACs) / ACs of one MAC, the ratio of the "
+              "totals above, and on hardware where additions are not that much cheaper than multiply-adds the "
+              "saving disappears or reverses.",
+    "learned": "Did it learn? Under the ledger's rule (`tb.learned`): no output neuron silent after the last epoch, "
+               "and at least half of the ReLU twin's gain over chance. Is the gap to the paper a measurement of the "
+               "replication? Only when the run has the paper's setting; the cell names every difference.",
+}
+
+
+def table_note(name, s=None):
+    """One of the paragraphs the table notebooks (10-30) share (TABLE_NOTES), as Markdown; "setting"
+    fills in the settings `s` of this run."""
+    _expect("name", name, str, lambda v: v in TABLE_NOTES, f"one of {tuple(TABLE_NOTES)}")
+    fields = {}
+    if s is not None:
+        full = settings(s["stem"], "full")
+        fields = dict(paper_lr=full["lr"], paper_epochs=PAPER_EPOCHS, profile=s["profile"],
+                      workload=f"the network {s['spec']}, learning rate {s['lr']:g}, {workload(s)}")
+    return _markdown(TABLE_NOTES[name].format(**fields))
