@@ -480,8 +480,8 @@ def verdict(s, row):
     entry = _table_entry(s["stem"], row, s["profile"])
     twin = row["relu_twin_accuracy"]
     print(f"paper: {table.paper_accuracy:.2f} %  ({table.paper_spec}, T = 2, {PAPER_EPOCHS} epochs, mean of 5 runs)")
-    print(f"ours:  {_ours(row)}  ({s['spec']}, T = 2, {s['epochs']} epochs, {row['train_images']} training images, "
-          f"{s['profile']} profile, {row['dataset']}); ReLU twin {twin:.2f} %")
+    print(f"ours:  {_ours(row)}  ({s['spec']}, T = 2, {plural(s['epochs'], 'epoch')}, {row['train_images']} training "
+          f"images, {s['profile']} profile, {row['dataset']}); ReLU twin {twin:.2f} %")
     print(entry["evidence"])
     print("learned: yes (no silent output neuron; at least half the ReLU twin's gain over chance)" if entry["learned"]
           else f"learned: NO (silent output neurons {entry['silent_outputs']}; accuracy vs ReLU twin "
@@ -490,7 +490,7 @@ def verdict(s, row):
     full = settings(s["stem"], "full")
     differences = [d for d, differs in [
         (f"{len(row['seeds'])} seed(s) instead of 5", len(row["seeds"]) != len(PAPER_SEEDS)),
-        (f"{s['epochs']} epochs instead of {PAPER_EPOCHS}", s["epochs"] != PAPER_EPOCHS),
+        (f"{plural(s['epochs'], 'epoch')} instead of {PAPER_EPOCHS}", s["epochs"] != PAPER_EPOCHS),
         (f"{row['train_images']} training images", s["subset"] is not None),
         (f"{row['test_images']} test images", s["test_subset"] is not None),
         (f"the network {s['spec']}", s["spec"] != table.paper_spec),
