@@ -694,10 +694,10 @@ def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, dev
         test = evaluate(net, test_ds, T)
         silent = (output_spikes == 0).nonzero().flatten().tolist()
         if silent or test["silent_outputs"]:  # far below threshold the surrogate is ~0: nothing revives them
-            warnings.warn(f"{dataset} {spec}, epoch {epoch + 1}: in the output layer "
-                          f"(neuron layer {len(net.neurons())}), "
-                          f"neuron(s) {silent or 'none'} never fired during the whole training epoch, neuron(s) "
-                          f"{test['silent_outputs'] or 'none'} on none of the {len(test_ds)} test images", stacklevel=2)
+            said = [f"neuron(s) {n} never fired {when}" for n, when in ((silent, "during the whole training epoch"), (
+                test["silent_outputs"], f"on any of the {len(test_ds)} test images")) if n]  # only what happened
+            warnings.warn(f"{dataset} {spec}, epoch {epoch + 1}: in the output layer (neuron layer "
+                          f"{len(net.neurons())}), {'; '.join(said)}", stacklevel=2)
         val = dict(val_accuracy=evaluate(net, val_ds, T)["accuracy"]) if validation else {}
         history.append(dict(epoch=epoch + 1, loss=losses.mean().item(),
                             train_accuracy=100.0 * correct / len(train_ds), **val,

@@ -176,8 +176,7 @@ def _load_cifar10(train, root):
         raise _missing_error("cifar10", root, ["cifar-10-batches-py/"] + [f"cifar-10-jpeg75/{s}" for s in shards],
                              "With internet, torchvision's datasets.CIFAR10(root, download=True) fetches the canonical "
                              "files.")
-    warnings.warn("CIFAR-10: using the lossy JPEG-75 copy (variant 'cifar10-jpeg75'); accuracy may differ "
-                  "slightly from the canonical dataset.", stacklevel=3)
+    warn_variant("cifar10-jpeg75", stacklevel=3)
     for s in shards:
         if _sha256(jpeg / s) != _CIFAR_JPEG_SHA256[s]:
             raise DatasetError(f"cifar10: {jpeg / s} does not match its sha256 {_CIFAR_JPEG_SHA256[s]} (SHA256SUMS)")
@@ -187,6 +186,25 @@ def _load_cifar10(train, root):
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
         x, y = x[order], y[order]
     return x, y, "cifar10-jpeg75"
+
+
+_VARIANT_WARNINGS = {"cifar10-jpeg75": "CIFAR-10: using the lossy JPEG-75 copy (variant 'cifar10-jpeg75'); "
+                                      "accuracy may differ slightly from the canonical dataset."}
+_warned = set()  # the variants this process has warned about: once each (quiet_variant_warnings: none)
+
+
+def warn_variant(variant, stacklevel=2):
+    """Warn that the data are a variant of the canonical dataset (the JPEG-75 copy of CIFAR-10), once
+    per process: a notebook that loads it many times shows it once. Other variants: nothing."""
+    if variant in _VARIANT_WARNINGS and variant not in _warned:
+        _warned.add(variant)
+        warnings.warn(_VARIANT_WARNINGS[variant], stacklevel=stacklevel + 1)
+
+
+def quiet_variant_warnings():
+    """No variant warnings in this process: a sweep's worker processes, whose parent warns for them
+    from the results' `dataset_variant` (`mtsnn_runs.train_sweep`)."""
+    _warned.update(_VARIANT_WARNINGS)
 
 
 def _cached_decode(shards, cache):

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import mtsnn_core as mt
+import mtsnn_data as md
 from mtsnn_base import _expect, _positive_int
 from mtsnn_runtime import device_setup, pick_device, provenance
 
@@ -110,13 +111,18 @@ def train_sweep(configs, processes=2, threads=None, executor=None, checkpoint_di
     threads = threads or max(1, torch.get_num_threads() // processes)
     jobs = [dict(r, threads=threads, progress=False) for r in runs]
     if executor is not None:
-        return [future.result() for future in [executor.submit(_SweepJob(), job) for job in jobs]]
-    if processes == 1:
-        return [_SweepJob()(job) for job in jobs]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-    with ProcessPoolExecutor(processes, mp_context=mp.get_context("spawn")) as pool:
-        return list(pool.map(_SweepJob(), jobs))
+        results = [future.result() for future in [executor.submit(_SweepJob(), job) for job in jobs]]
+    elif processes == 1:
+        results = [_SweepJob()(job) for job in jobs]
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(processes, mp_context=mp.get_context("spawn"),
+                                 initializer=md.quiet_variant_warnings) as pool:  # the workers stay quiet ...
+            results = list(pool.map(_SweepJob(), jobs))
+    for variant in {r.get("dataset_variant") for r in results}:
+        md.warn_variant(variant, stacklevel=2)  # ... and this process warns, once, for all of them
+    return results
 
 
 def _run_name(run):

@@ -173,38 +173,87 @@ def history_frame(result):
     return hist[["epoch", "loss", "train_accuracy", "test_accuracy", "silent outputs", "output_tied", "seconds"]]
 
 
+def plural(n, word):
+    """ "1 epoch", "3 epochs": a count with its noun."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+TRAIN_IMAGES = {"mnist": 60_000, "fmnist": 60_000, "cifar10": 50_000}
+
+
+def workload(s):
+    """What settings `s` train, in words for a figure's title: dataset, training images, epochs, seeds."""
+    images = f"{s['subset']:,}" if s.get("subset") else f"all {TRAIN_IMAGES[s['dataset']]:,}"
+    seeds = s["seeds"]
+    name = DATASET_NAMES.get(s["dataset"], s["dataset"])
+    return (f"{name}, {images} training images, {plural(s['epochs'], 'epoch')}, "
+            f"{'seed' if len(seeds) == 1 else 'seeds'} {', '.join(map(str, seeds))} ({s['profile']} profile)")
+
+
+def _paper_mark(ax, value, text):
+    """The paper's number as a dotted line where it lies on the data's scale, else as a note in the
+    corner: the axis is not stretched to a number these runs were never meant to reach."""
+    low, high = ax.get_ylim()
+    if low <= value <= high:
+        ax.axhline(value, color="k", ls=":", label=text)
+    else:
+        ax.text(0.01, 0.98 if value > high else 0.02, f"{text} ({'above' if value > high else 'below'} this axis)",
+                transform=ax.transAxes, ha="left", va="top" if value > high else "bottom", fontsize=7)
+
+
 def plot_accuracy(s, results, twin_accuracy, twin_history, path):
     """Test accuracy per epoch: each seed (thin), their mean with the min-max band over seeds, the
-    ReLU twin and the paper's final accuracy."""
+    ReLU twin and the paper's final accuracy. With one epoch there is no curve: one bar per seed and
+    the twin's. Runs that did not learn (`learned`) are marked; the paper's number is a line only
+    where it lies on the data's scale."""
     import matplotlib.pyplot as plt
     table = TABLES[s["stem"]]
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
     acc = torch.tensor([[h["test_accuracy"] for h in r["history"]] for r in results])
     epochs = [h["epoch"] for h in results[0]["history"]]
     seeds, few = [r["config"]["seed"] for r in results], len(epochs) <= 10
-    if len(results) > 1:
-        for seed, a in zip(seeds, acc):
-            ax.plot(epochs, a, lw=0.6, alpha=0.7, marker="." if few else None, label=f"seed {seed}")
-        ax.fill_between(epochs, acc.amin(0), acc.amax(0), color="C3", alpha=0.2, label="min-max over seeds")
-    ax.plot(epochs, acc.mean(0), "C3", lw=1.5, marker="o" if few else None, mfc="none",
-            label=f"multi-threshold SNN, mean of {len(results)} seeds" if len(results) > 1 else
-            f"multi-threshold SNN, seed {seeds[0]}")
-    if twin_history:
-        ax.plot([h["epoch"] for h in twin_history], [h["test_accuracy"] for h in twin_history], "k-", lw=1,
-                marker="s" if few else None, mfc="none", label="ReLU twin (seed 0)")
+    failed = [not learned(r["history"][-1]["test_accuracy"], twin_accuracy, r["history"][-1].get("silent_outputs"))
+              for r in results]
+    paper = f"paper, {PAPER_EPOCHS} epochs: {table.paper_accuracy:.2f} %"
+    if len(epochs) == 1:  # one epoch: a value per run, no curve
+        names = [f"seed {seed}" for seed in seeds] + ["ReLU twin"]
+        values = acc[:, 0].tolist() + [twin_accuracy]
+        bars = ax.bar(names, values, color=["tab:red" if f else "C0" for f in failed] + ["0.3"], width=0.6)
+        for bar, f in zip(bars, failed):
+            bar.set_hatch("//" if f else None)
+        ax.bar_label(bars, [f"{v:.2f}" + (" (did not learn)" if i < len(failed) and failed[i] else "")
+                            for i, v in enumerate(values)], fontsize=7)
+        if len(results) > 1:
+            ax.axhline(acc.mean().item(), color="C0", lw=1, ls="--", label=f"SNN mean of {len(results)} seeds")
+        ax.axhline(CHANCE, color="0.5", ls=":", lw=1, label="chance")
+        ax.set(xlabel=f"after epoch {epochs[0]}", ylabel="test accuracy (%)", ylim=(0, max(values) * 1.2))
     else:
-        ax.axhline(twin_accuracy, color="k", lw=1, label="ReLU twin (seed 0), last epoch")
-    ax.axhline(table.paper_accuracy, color="k", ls=":", label=f"paper, {PAPER_EPOCHS} epochs: {table.paper_accuracy} %")
-    ax.set(xlabel="epoch", ylabel="test accuracy (%)",
-           title=f"{table.table}: {s['dataset']} {s['spec']}, T = 2 ({s['profile']} profile)")
-    ax.title.set_fontsize(9)
-    if few:  # whole epochs only
-        ax.set_xticks(epochs)
-        ax.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
-    else:
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        if len(results) > 1:
+            for seed, a in zip(seeds, acc):
+                ax.plot(epochs, a, lw=0.6, alpha=0.7, marker="." if few else None, label=f"seed {seed}")
+            ax.fill_between(epochs, acc.amin(0), acc.amax(0), color="C3", alpha=0.2, label="min-max over seeds")
+        ax.plot(epochs, acc.mean(0), "C3", lw=1.5, marker="o" if few else None, mfc="none",
+                label=f"multi-threshold SNN, mean of {len(results)} seeds" if len(results) > 1 else
+                f"multi-threshold SNN, seed {seeds[0]}")
+        for seed, a, f in zip(seeds, acc, failed):
+            if f:
+                ax.plot(epochs[-1], a[-1], "x", color="tab:red", ms=8, mew=2,
+                        label=f"seed {seed} did not learn (tb.learned)")
+        if twin_history:
+            ax.plot([h["epoch"] for h in twin_history], [h["test_accuracy"] for h in twin_history], "k-", lw=1,
+                    marker="s" if few else None, mfc="none", label=f"ReLU twin (seed {seeds[0]})")
+        else:
+            ax.axhline(twin_accuracy, color="k", lw=1, label=f"ReLU twin (seed {seeds[0]}), last epoch")
+        ax.set(xlabel="epoch", ylabel="test accuracy (%)")
+        if few:  # whole epochs only
+            ax.set_xticks(epochs)
+            ax.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
+        else:
+            ax.xaxis.get_major_locator().set_params(integer=True)
+    _paper_mark(ax, table.paper_accuracy, paper)
+    ax.set_title(f"{table.table}: {s['spec']}, T = 2\n{workload(s)}", fontsize=8)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower right" if len(epochs) > 1 else "upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return fig
@@ -237,7 +286,7 @@ def plot_firing(s, results, path):
         a.title.set_fontsize(9)
         a.margins(y=0.15)
         a.tick_params(axis="x", labelsize=7, rotation=30)
-    fig.suptitle(f"{s['table']}, mean over {len(results)} seed(s)", fontsize=9)
+    fig.suptitle(f"{s['table']}, {s['spec']}, mean over the seeds: {workload(s)}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return fig
@@ -435,8 +484,8 @@ def verdict(s, row):
     entry = _table_entry(s["stem"], row, s["profile"])
     twin = row["relu_twin_accuracy"]
     print(f"paper: {table.paper_accuracy:.2f} %  ({table.paper_spec}, T = 2, {PAPER_EPOCHS} epochs, mean of 5 runs)")
-    print(f"ours:  {_ours(row)}  ({s['spec']}, T = 2, {s['epochs']} epochs, {row['train_images']} training images, "
-          f"{s['profile']} profile, {row['dataset']}); ReLU twin {twin:.2f} %")
+    print(f"ours:  {_ours(row)}  ({s['spec']}, T = 2, {plural(s['epochs'], 'epoch')}, {row['train_images']} training "
+          f"images, {s['profile']} profile, {row['dataset']}); ReLU twin {twin:.2f} %")
     print(entry["evidence"])
     print("learned: yes (no silent output neuron; at least half the ReLU twin's gain over chance)" if entry["learned"]
           else f"learned: NO (silent output neurons {entry['silent_outputs']}; accuracy vs ReLU twin "
@@ -445,7 +494,7 @@ def verdict(s, row):
     full = settings(s["stem"], "full")
     differences = [d for d, differs in [
         (f"{len(row['seeds'])} seed(s) instead of 5", len(row["seeds"]) != len(PAPER_SEEDS)),
-        (f"{s['epochs']} epochs instead of {PAPER_EPOCHS}", s["epochs"] != PAPER_EPOCHS),
+        (f"{plural(s['epochs'], 'epoch')} instead of {PAPER_EPOCHS}", s["epochs"] != PAPER_EPOCHS),
         (f"{row['train_images']} training images", s["subset"] is not None),
         (f"{row['test_images']} test images", s["test_subset"] is not None),
         (f"the network {s['spec']}", s["spec"] != table.paper_spec),
@@ -1235,27 +1284,135 @@ def point_summary(frame, key, twin_accuracy=None):
                           learned=ok.groupby(frame[key], sort=False).all())
 
 
-def plot_ablation(s, frame, path, xlabel, twin_accuracy, log=False):
+SWEPT_NAMES = {"surrogate": "surrogate curve", "alpha_w": "α_W", "s_max": "S_max", "T": "time steps T"}
+
+
+def ablation_workload(s):
+    """`workload` of an ablation sweep, with its network and test images."""
+    tests = f"{s['test_subset']:,} test images" if s.get("test_subset") else "all test images"
+    return f"{s['spec']}; {workload(s)}; {tests}"
+
+
+def plot_ablation(s, frame, path, xlabel, twin_accuracy, log=False, train=False):
     """The figure's sweep: each seed (dots), mean ± standard deviation over seeds (bars), the ReLU
-    twin and chance."""
+    twin and chance; a seed that did not learn (`learned`) as a red cross, a point where any seed did
+    not learn as a hollow red circle. `train=True` adds the training accuracy of the last epoch
+    (on augmented images, while the weights change) as a second panel, as the paper's Fig. 9 does."""
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    summary = point_summary(frame, s["key"]).reindex(s["points"])
+    fig, axes = plt.subplots(1, 2 if train else 1, figsize=(11, 3.9) if train else (6.5, 3.9), squeeze=False)
+    summary = point_summary(frame, s["key"], twin_accuracy).reindex(s["points"])
     x = list(range(len(s["points"]))) if isinstance(s["points"][0], str) else s["points"]
     position = dict(zip(s["points"], x))
-    ax.plot([position[p] for p in frame[s["key"]]], frame.test, ".", color="0.6", label="one seed")
-    ax.errorbar(x, summary["mean"], yerr=summary["std"], fmt="o-", capsize=4, color="C0",
-                label=f"mean ± sd over {int(summary['count'].min())} seeds")
-    ax.axhline(twin_accuracy, color="k", lw=1, label=f"ReLU twin (seed {s['seeds'][0]})")
-    ax.axhline(CHANCE, color="0.5", ls=":", lw=1, label="chance (10 classes)")
-    ax.set_xticks(x, [str(p) for p in s["points"]])
-    if log:
-        ax.set_xscale("log")
+    silent = frame.silent.map(len) if "silent" in frame else pd.Series(0, index=frame.index)
+    failed = pd.Series([not learned(a, twin_accuracy, [0] * n) for a, n in zip(frame.test, silent)], index=frame.index)
+    for ax, column, name in zip(axes[0], ("test", "train"), ("test accuracy", "training accuracy, last epoch")):
+        stats = frame.groupby(s["key"], sort=False)[column].agg(["mean", "std"]).reindex(s["points"])
+        ok = frame[~failed]
+        ax.plot([position[p] for p in ok[s["key"]]], ok[column], ".", color="0.6", label="one seed")
+        ax.errorbar(x, stats["mean"], yerr=stats["std"], fmt="o-", capsize=4, color="C0",
+                    label=f"mean ± sd over {int(summary['count'].min())} seeds")
+        if failed.any():
+            bad = frame[failed]
+            ax.plot([position[p] for p in bad[s["key"]]], bad[column], "x", color="tab:red", ms=7, mew=1.5,
+                    label="one seed that did not learn (tb.learned)")
+            missed = [p for p in s["points"] if not summary.learned[p]]
+            ax.plot([position[p] for p in missed], stats["mean"][missed], "o", ms=12, mfc="none", mec="tab:red",
+                    mew=1.5, label="a point that did not learn")
+        else:
+            ax.text(0.99, 0.02, "every seed learned (tb.learned)", transform=ax.transAxes, ha="right", fontsize=7)
+        if column == "test":
+            ax.axhline(twin_accuracy, color="k", lw=1, label=f"ReLU twin (seed {s['seeds'][0]}), test")
+        ax.axhline(CHANCE, color="0.5", ls=":", lw=1, label="chance (10 classes)")
+        if log:
+            ax.set_xscale("log")
         ax.set_xticks(x, [str(p) for p in s["points"]])
-    ax.set(xlabel=xlabel, ylabel="test accuracy (%)",
-           title=f"{s['figure']}: {s['dataset']} {s['spec']}, {s['epochs']} epoch(s), {s['profile']} profile")
-    ax.title.set_fontsize(8)
-    ax.grid(alpha=0.3), ax.legend(fontsize=8)
+        ax.set(xlabel=xlabel, ylabel=f"{name} (%)")
+        ax.margins(y=0.1)
+        ax.grid(alpha=0.3)
+        if train:
+            ax.set_title(name, fontsize=9)
+    low = min(ax.get_ylim()[0] for ax in axes[0])
+    high = max(max(ax.get_ylim()[1] for ax in axes[0]), twin_accuracy + 0.4 * (twin_accuracy - CHANCE))
+    for ax in axes[0]:
+        ax.set_ylim(low, high)  # headroom above the twin's line: the legend sits there, not on it
+    axes[0, 0].legend(fontsize=7, loc="upper left", ncol=2)
+    fig.suptitle(f"{s['figure']}, {SWEPT_NAMES.get(s['key'], s['key'])} swept\n{ablation_workload(s)}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Prose shared by several notebooks: one source, shown with IPython.display.Markdown
+# ----------------------------------------------------------------------------------------------
+def _markdown(text):
+    from IPython.display import Markdown
+    return Markdown(text)
+
+
+def ablation_note(s):
+    """The workload of an ablation notebook (40-43) and why it was chosen, as Markdown."""
+    full = ablation_settings(s["stem"], "full")
+    tests = f"{s['test_subset']:,} test images" if s.get("test_subset") else "all test images"
+    net = (f"a shallow CIFAR-10 network, `tb.QUICK_ABLATION_SPEC` ({s['spec']}" if s["profile"] != "full" else
+           f"the paper's network ({s['spec']}")
+    what = f"trains {net}, learning rate {s['lr']:g}) on {workload(s)}, tested on {tests},"
+    return _markdown(
+        f"**Workload.** This run ({s['profile']} profile) {what} every point beside its **ReLU twin** (the same "
+        "network with ReLU on the same images and epochs). The quick profile fits 10 CPU minutes: it shows the "
+        "direction and size of each effect early in training, with the seeds' spread beside it, not the paper's "
+        "accuracies (per CPU second the 8-layer quick network of Table 6 learns more slowly, and with binary "
+        "spikes, S_max = 1, it stays at chance at this budget: the comment above `QUICK_ABLATION_SPEC` in "
+        f"`mtsnn_tables.py` gives the measurements). `PROFILE = \"full\"` is the paper's setting: its network "
+        f"{full['spec']}, Adam lr {full['lr']:g}, batch 128, {plural(full['epochs'], 'epoch')}, all images, "
+        f"{len(full['seeds'])} seeds per point.")
+
+
+TABLE_NOTES = {
+    "setting": "The paper's setting (Table 1): T = 2, S_max = 15, surrogate f2 with α_H = 1 and α_W = 20, V_th = 10 "
+               "mV, τ_m = 10 ms, batch 128, Adam with learning rate {paper_lr:g}, {paper_epochs} epochs, accuracy the "
+               "mean of 5 runs on the full test set. `PROFILE = \"full\"` runs exactly that (seeds 0–4). This run "
+               "({profile} profile): {workload}. It must show that the network learns (its ReLU twin, trained on "
+               "the same images for the same epochs, is the yardstick), not what 200 epochs reach. `\"test\"` is a "
+               "seconds-long check of the cells for CI.",
+    "training": "One run per seed: Adam on the squared error between output spikes and the desired firing (eq. 6; "
+                "S_max spikes per step for the labelled class, none for the others), backpropagation through time "
+                "with the implicit reset gradient of eqs. 11–13. Two of our choices differ from the paper as printed: "
+                "we also apply the reset's factor 1/(1 + V_th·f) to the error sent to lower layers, which eq. 9 "
+                "leaves out (notebook 44), and the synaptic layers have biases (starting at 0, trained), which eq. 2 "
+                "does not. The weights start from our reading of eq. 17 (mean 0 in hidden layers, V_th/N in the "
+                "output layer, each layer scaled to fire 1 spike per neuron per step, the output layer 0.25: "
+                "notebook 45 shows why). The test set is evaluated after every epoch.\n\n"
+                "The seeds are independent runs, trained side by side (`mr.train_sweep`: two worker processes here, "
+                "or one Slurm job each with `EXECUTOR = \"slurm\"`). Each saves a checkpoint after every epoch in "
+                "`CHECKPOINT_DIR` and a rerun resumes there; each seed's trained network is reloaded from its "
+                "checkpoint for the sections below.",
+    "twin": "The same network with ReLU instead of the spiking neuron (its classifier without one), trained on the "
+            "same images for the same epochs with cross-entropy and Adam at 1e-3 from PyTorch's default "
+            "initialisation (`tb.relu_twin`, first seed; checkpointed every epoch in `CHECKPOINT_DIR` like the "
+            "seeds): the reference for \"learns normally\" at this budget, and our counterpart of the paper's ANN "
+            "row.",
+    "energy": "**Reading the counts above.** They are operation counts, not energy. In the convolutional networks the "
+              "spiking network does more operations than the ANN of the same shape (its accumulates, AC, against "
+              "the ANN's multiply-accumulates, MAC: compare the two totals printed above). Any saving printed in µJ "
+              "rests entirely on the assumed energy per operation (`mr.E_AC_PJ` per AC against `mr.E_MAC_PJ` per "
+              "MAC, the 45 nm figures such comparisons usually quote), not on a measurement: the SNN saves energy "
+              "only while one AC costs less than (ANN MACs − first-layer MACs) / ACs of one MAC, the ratio of the "
+              "totals above, and on hardware where additions are not that much cheaper than multiply-adds the "
+              "saving disappears or reverses.",
+    "learned": "Did it learn? Under the ledger's rule (`tb.learned`): no output neuron silent after the last epoch, "
+               "and at least half of the ReLU twin's gain over chance. Is the gap to the paper a measurement of the "
+               "replication? Only when the run has the paper's setting; the cell names every difference.",
+}
+
+
+def table_note(name, s=None):
+    """One of the paragraphs the table notebooks (10-30) share (TABLE_NOTES), as Markdown; "setting"
+    fills in the settings `s` of this run."""
+    _expect("name", name, str, lambda v: v in TABLE_NOTES, f"one of {tuple(TABLE_NOTES)}")
+    fields = {}
+    if s is not None:
+        full = settings(s["stem"], "full")
+        fields = dict(paper_lr=full["lr"], paper_epochs=PAPER_EPOCHS, profile=s["profile"],
+                      workload=f"the network {s['spec']}, learning rate {s['lr']:g}, {workload(s)}")
+    return _markdown(TABLE_NOTES[name].format(**fields))

@@ -874,7 +874,8 @@ def test_silent_output_neuron_warns_with_its_index(mnist_512, monkeypatch):
 
     monkeypatch.setattr(mt, "initialised_net", with_dead_neuron_3)
     with pytest.warns(UserWarning, match=r"output layer \(neuron layer 2\), neuron\(s\) \[3\] never fired during the "
-                                         r"whole training epoch, neuron\(s\) \[3\] on none of the 512 test images"):
+                                         r"whole training epoch; neuron\(s\) \[3\] never fired on any of the 512 "
+                                         r"test images$"):
         r = mt.train("784-800-10", "mnist", epochs=1, subset=512, test_subset=512, data=mnist_512, progress=False)
     assert r["history"][0]["silent_outputs"] == [3]
 
@@ -1191,3 +1192,19 @@ def test_provenance_takes_the_commit_named_by_the_sender(monkeypatch):
     assert (rt.provenance()["commit"], rt.provenance()["dirty"]) == ("b" * 40, False)
     monkeypatch.delenv("MTSNN_COMMIT")
     assert "commit_from" not in rt.provenance()
+
+
+def test_the_jpeg_copy_warning_comes_once_per_process(monkeypatch):
+    """A notebook loads CIFAR-10 many times and its sweep's workers load it again: one warning. The
+    workers are quiet (quiet_variant_warnings); train_sweep's own process warns for them."""
+    monkeypatch.setattr(md, "_warned", set())
+    with pytest.warns(UserWarning, match="JPEG-75") as caught:
+        md.warn_variant("cifar10-jpeg75")
+        md.warn_variant("cifar10-jpeg75")
+        md.warn_variant("mnist")
+    assert len(caught) == 1
+    monkeypatch.setattr(md, "_warned", set())
+    md.quiet_variant_warnings()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        md.warn_variant("cifar10-jpeg75")
