@@ -80,7 +80,7 @@ def test_stored_weights_reproduce_the_stored_accuracy(stem):
     assert [r["history"] for r in results] == row["history"]
     assert twin == row["relu_twin_accuracy"]
     s = tb.stored_settings(stem)
-    assert (s["profile"], s["epochs"], s["spec"]) == ("full", row["epochs"], tb.TABLES[stem].paper_spec)
+    assert s["profile"] in ("full", "long") and (s["epochs"], s["spec"]) == (row["epochs"], tb.TABLES[stem].paper_spec)
 
 
 @pytest.mark.skipif(not HAS["mnist"], reason="MNIST not available")
