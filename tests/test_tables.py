@@ -392,3 +392,13 @@ def test_results_doc_ledger_table_is_the_json():
     block = readme[readme.index("<!-- ledger table -->"):readme.index("<!-- /ledger table -->")]
     stored = json.loads((tb.STORED_DIR / "90_summary.json").read_text())["ledger"]
     assert block.strip().splitlines()[1:] == ledger_table(stored)
+
+
+def test_bsnn_step_claims_need_enough_test_images():
+    """On fewer than tb.STEP_CLAIM_IMAGES test images one image outweighs the 1-point criterion: the
+    '1/4-1/10 of the steps' rows are inconclusive whatever the step counts say."""
+    doc = json.loads((tb.STORED_DIR / "51_bsnn_cifar10.json").read_text())
+    if "readings" not in doc:
+        pytest.skip("the stored 51 run predates the comparison of readings")
+    rows = [e for e in tb._bsnn_reading_entries(dict(doc, images=16)) if "1/4-1/10" in e["claim"]]
+    assert len(rows) == 4 and all(e["verdict"] == "inconclusive" and "cannot be told" in e["evidence"] for e in rows)
