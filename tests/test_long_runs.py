@@ -110,3 +110,15 @@ def test_bsnn_conversions_choose_on_training_images_stash_and_resume_elsewhere(t
     for a in (there / "bsnn").rglob("chunk_*.pt"):
         b = torch.load(tmp_path / "one" / a.relative_to(there), weights_only=False)
         assert torch.equal(torch.load(a, weights_only=False)["predictions"], b["predictions"])
+
+
+@needs_mnist
+def test_a_relu_twin_checkpoint_is_stashed_whole(tmp_path):
+    """mc.train_ann's checkpoint records no epochs asked: stash keeps it whole (with its optimizer)."""
+    import mtsnn_convert as mc
+    data = (md.load_dataset("mnist", True, subset=64), md.load_dataset("mnist", False, subset=64))
+    here, stash = tmp_path / "here", tmp_path / "stash"
+    here.mkdir()
+    mc.train_ann("784-16-10", *data, epochs=1, lr=1e-3, seed=0, checkpoint=str(here / "x_relu_twin_seed0.pt"))
+    assert [p.name for p in long_runs.stash(here, stash)] == ["x_relu_twin_seed0.pt"]
+    assert "optimizer" in torch.load(stash / "x_relu_twin_seed0.pt", weights_only=False)

@@ -70,7 +70,8 @@ BSNN_IMAGES = 2000
 
 def _epochs(path):
     state = rt.load_checkpoint(path)
-    return (len(state["history"]), state["config"]["epochs"]) if state else (0, None)
+    # a ReLU twin's checkpoint (mc.train_ann) records no epochs asked: it is stashed whole, finished or not
+    return (len(state["history"]), state["config"].get("epochs")) if state else (0, None)
 
 
 def stash(checkpoint_dir, stash_dir=STASH):
