@@ -150,7 +150,8 @@ def result_row(name, results, paper_accuracy=None, **extra):
     best = [max(h, key=lambda e: e.get("test_accuracy", 0.0)) for h in histories]
     row = dict(name=name, dataset=results[0]["dataset_variant"], network=cfg["spec"], T=cfg["T"],
                s_max=cfg.get("s_max", 15), surrogate=cfg.get("surrogate", "f2"), alpha_w=cfg.get("alpha_w", 20.0),
-               epochs=cfg["epochs"], seeds=[r["config"]["seed"] for r in results], reported="last epoch", accuracy=acc,
+               epochs=max(len(r.get("history") or []) for r in results) or cfg["epochs"],  # a plateau stops early
+               seeds=[r["config"]["seed"] for r in results], reported="last epoch", accuracy=acc,
                accuracy_mean=mean, accuracy_std=std, accuracy_best=[e.get("test_accuracy") for e in best],
                best_epoch=[e.get("epoch") for e in best], paper_accuracy=paper_accuracy,
                silent_outputs=[h[-1].get("silent_outputs") for h in histories],

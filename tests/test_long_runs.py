@@ -1,6 +1,5 @@
 """tools/long_runs.py: a run stopped on one machine goes on from the committed checkpoints/ on another."""
 import importlib.util
-import json
 from pathlib import Path
 
 import pytest
@@ -8,6 +7,7 @@ import torch
 
 import mtsnn_core as mt
 import mtsnn_data as md
+import mtsnn_tables as tb
 
 ROOT = Path(__file__).resolve().parent.parent
 needs_mnist = pytest.mark.skipif(not (md.data_root() / "MNIST" / "raw").exists(),
@@ -62,18 +62,25 @@ needs_cifar = pytest.mark.skipif(not (md.data_root() / "cifar-10-jpeg75").exists
 
 
 @needs_cifar
-def test_cifar_plateau_run_end_to_end(tmp_path):
-    """The plateau command on 600 images: stops at the plateau (held-out accuracy), trains the twin for
-    as many epochs, reads the network at T = 1-4 and the converted twin at T = 1, 2, and resumes finished."""
-    kw = dict(spec="8C3-P2-16C3-P2-32", T=2, s_max=15, seed=0, precision="float32", checkpoint_dir=tmp_path,
-              threads=1, max_epochs=5, plateau=dict(min_epochs=2, window=0.5, min_gain=100.0), held_out=100,
-              subset=600, test_subset=200)
-    doc = long_runs.cifar(**kw)
-    assert doc["epochs"] == 2 and len(doc["twin_history"]) == 2
-    assert all("val_accuracy" in h for h in doc["history"]) and doc["config"]["validation"] == 100
-    assert set(doc["accuracy_at_T"]) == {1, 2, 3, 4} and set(doc["converted_twin"]["accuracy"]) == {1, 2}
-    assert json.loads((tmp_path / f"{doc['name']}.json").read_text())["epochs"] == 2
-    assert long_runs.cifar(**kw)["history"] == doc["history"]  # resumed: nothing trained again
+def test_plateau_runs_end_to_end(tmp_path):
+    """The plateau command on 600 images: each run stops at the plateau (held-out accuracy), the twin
+    trains as many epochs, on the images the network trains on, under the names the notebooks use
+    (a rerun trains nothing); the trained network reads at T = 1-4 and its converted twin at T = 1, 2."""
+    tiny = dict(spec="8C3-P2-16C3-P2-32", subset=600, test_subset=200, epochs=5, validation=100,
+                plateau=dict(min_epochs=2, window=0.5, min_gain=100.0))
+    done = long_runs.plateau(["30_cifar10_cnn", "43_time_steps"], tmp_path, 1, **tiny)
+    (net_results, twin), (sweep, _) = done["30_cifar10_cnn"], done["43_time_steps"]
+    assert [len(r["history"]) for r in net_results + sweep] == [2] * 4  # 30's seed 0; 43's T = 1, 3, 5
+    assert all("val_accuracy" in h for h in net_results[0]["history"]) and net_results[0]["config"]["validation"] == 100
+    s = dict(tb.settings("30_cifar10_cnn", "plateau"), **tiny)
+    train_ds, test_ds = md.load_dataset("cifar10", True, subset=600), md.load_dataset("cifar10", False, subset=200)
+    ann, accuracy, history = tb.relu_twin_model(s, train_ds, test_ds, str(tmp_path), 2)
+    assert accuracy == twin and len(history) == 2  # the checkpoint the command wrote: read back, finished
+    again = tb.train_seeds(s, "cpu", checkpoint_dir=str(tmp_path), processes=1)
+    assert again[0]["history"] == net_results[0]["history"]  # resumed: nothing trained again
+    readings = tb.trained_readings(again[0]["model"], ann, s, train_ds, test_ds)
+    assert set(readings["accuracy_at_T"]) == {1, 2, 3, 4} and set(readings["converted_twin"]["accuracy"]) == {1, 2}
+    assert readings["accuracy_at_T"][2] == net_results[0]["test_accuracy"]
 
 
 needs_bsnn_anns = pytest.mark.skipif(not (ROOT / "weights" / "cifar10_vgg7.pt").exists(), reason="no stored VGG-7")

@@ -1,16 +1,17 @@
 """Long CPU runs in the background, checkpointed every epoch, resumed by the same command.
 
     python tools/long_runs.py tables [--stems 10_mnist_mlp 20_fmnist_mlp] [--checkpoint-dir DIR] [--threads 1]
-    python tools/long_runs.py cifar [--spec SPEC] [--T 2] [--s-max 15] [--seed 0] [--precision float32] [--threads 1]
+    python tools/long_runs.py plateau [--stems 30_cifar10_cnn 42_s_max 43_time_steps] [--threads 1]
     python tools/long_runs.py bsnn [--images 2000] [--nets resnet20 vgg7] [--threads 1]
     python tools/long_runs.py stash      # before work stops: DIR's checkpoints into checkpoints/ (tracked)
     python tools/long_runs.py restore    # on a fresh clone: checkpoints/ back into DIR (`tables` does it first)
 
-`cifar`: a CIFAR-10 network trained to a plateau (Table 1's neuron and learning rate, the paper's 200
-epochs at most; the last 5,000 training images held out, and training stops once their accuracy has
-stopped rising: `PLATEAU`, never the test set), then its ReLU twin on the same 45,000 images for
-the same number of epochs, the spiking network read at T = 1-4, and the twin converted to
-multi-threshold IF neurons (S_max = 15) and read at T = 1, 2; a JSON of it all beside the checkpoints.
+`plateau`: the plateau profile of notebook 30 (Table 6's quick network) and of notebooks 42 and 43
+(Figs. 8 and 9 at the points the paper names, on the shallow ablation network): Table 1's neuron and
+learning rate, at most 200 epochs, the last 5,000 training images held out and training stopped once
+their accuracy has stopped rising (`tb.PLATEAU`, never the test set), then the ReLU twin on the same
+45,000 images for as many epochs, all under the names the notebooks use: run at `--profile plateau`
+with `-p CHECKPOINT_DIR DIR`, they find the runs finished and read them back.
 
 `tables`: each table notebook's full profile (the paper's network, 200 epochs, seeds 0-4) and its
 ReLU twin, one run after another, with exactly the checkpoint names the notebook uses
@@ -60,10 +61,6 @@ import mtsnn_tables as tb  # noqa: E402
 
 DEFAULT_DIR = Path.home() / ".cache" / "mtsnn" / "runs"
 STASH = ROOT / "checkpoints"
-# Stop when the held-out accuracy has stopped rising: after at least 60 epochs, the best of the last
-# 20 % of epochs beats the best before by less than 0.2 points.
-PLATEAU = dict(min_epochs=60, window=0.2, min_gain=0.2)
-HELD_OUT = 5000
 BSNN_ANNS = {"resnet20": "distilled_long", "vgg7": "standard"}  # the stored ANNs notebook 51 converts (recipes)
 BSNN_IMAGES = 2000
 
@@ -149,35 +146,28 @@ def tables(stems, checkpoint_dir, threads):
         print(f"  ReLU twin: {accuracy:.2f} %", flush=True)
 
 
-def cifar(spec, T, s_max, seed, precision, checkpoint_dir, threads, max_epochs=200, plateau=PLATEAU,
-          held_out=HELD_OUT, subset=None, test_subset=None):
-    """Train the spiking network to a plateau, then its ReLU twin for as many epochs; read both.
-    (`subset`, `test_subset` and a small `plateau` make the tests' tiny run.)"""
+def plateau(stems, checkpoint_dir, threads, **overrides):
+    """Each notebook's plateau profile and its twin, one run after another (`overrides` of the
+    profile's settings: the tests' tiny run). Returns the results and twin accuracy per stem."""
     torch.set_num_threads(threads)
-    name = (f"cifar10_{spec.replace('-', '_')}_T{T}_smax{s_max}_seed{seed}"
-            + ("_bf16" if precision == "bfloat16" else "") + (f"_{subset}images" if subset else ""))
-    train_ds, test_ds = md.load_dataset("cifar10", True, subset=subset), md.load_dataset("cifar10", False,
-                                                                                          subset=test_subset)
-    neuron = dict(mt.TABLE1, T=T, s_max=s_max)
-    print(f"{name}: {spec}, {neuron}, lr {mt.PAPER_LR['cifar10']}, {precision} -> {checkpoint_dir}", flush=True)
-    snn = mt.train(spec, "cifar10", epochs=max_epochs, lr=mt.PAPER_LR["cifar10"], seed=seed, data=(train_ds, test_ds),
-                   validation=held_out, plateau=plateau, precision=precision, checkpoint=checkpoint_dir / f"{name}.pt",
-                   resume=True, progress=False, **neuron)
-    epochs = len(snn["history"])
-    fit_ds = train_ds.split(len(train_ds) - held_out)[0]  # the twin trains on the spiking network's images
-    ann, twin_accuracy, twin_history = mc.train_ann(spec, fit_ds, test_ds, epochs=epochs, lr=1e-3, seed=seed,
-                                                    checkpoint=checkpoint_dir / f"{name}_relu_twin.pt")
-    net = snn["model"]
-    at_T = {t: mt.evaluate(net, test_ds, t)["accuracy"] for t in (1, 2, 3, 4)}
-    converted = mc.evaluate_conversion(mc.convert(ann, fit_ds.x[:1000], s_max=15), ann, test_ds, T_read=(1, 2))
-    doc = dict(name=name, config=snn["config"], epochs=epochs, history=snn["history"], twin_accuracy=twin_accuracy,
-               twin_history=twin_history, accuracy_at_T=at_T, converted_twin=dict(
-                   accuracy=converted["accuracy"], ann_accuracy=converted["ann_accuracy"], s_max=15, percentile=99.9),
-               precision=precision, compiled=False, device=snn["device"], provenance=snn["provenance"])
-    (checkpoint_dir / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
-    print(f"{name}: {epochs} epochs, test {snn['test_accuracy']:.2f} %, twin {twin_accuracy:.2f} %, at T {at_T}, "
-          f"converted twin {converted['accuracy']}", flush=True)
-    return doc
+    done = {}
+    for stem in stems:
+        if stem in tb.TABLES:
+            s = dict(tb.settings(stem, "plateau"), **overrides)
+            results = tb.train_seeds(s, "cpu", checkpoint_dir=str(checkpoint_dir), processes=1, threads=threads)
+            train_ds = md.load_dataset(s["dataset"], True, subset=s["subset"])
+            test_ds = md.load_dataset(s["dataset"], False, subset=s["test_subset"])
+            twin, _ = tb.relu_twin(s, train_ds, test_ds, str(checkpoint_dir), tb.epochs_run(results))
+        else:
+            s = dict(tb.ablation_settings(stem, "plateau"), **overrides)
+            results, _ = tb.run_ablation(s, "cpu", checkpoint_dir=str(checkpoint_dir), processes=1, threads=threads)
+            twin, _ = tb.ablation_twin(s, "cpu", str(checkpoint_dir), results)
+        for r in results:
+            print(f"{stem} {r['config']['spec']} T {r['config']['T']} S_max {r['config']['s_max']}: "
+                  f"{len(r['history'])} epochs, {r['test_accuracy']:.2f} %", flush=True)
+        print(f"{stem}: ReLU twin {twin:.2f} %", flush=True)
+        done[stem] = (results, twin)
+    return done
 
 
 def bsnn(checkpoint_dir, threads, images=BSNN_IMAGES, nets=tuple(BSNN_ANNS), readings=None, weights_dir=None,
@@ -224,16 +214,11 @@ def bsnn(checkpoint_dir, threads, images=BSNN_IMAGES, nets=tuple(BSNN_ANNS), rea
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["tables", "cifar", "bsnn", "stash", "restore"])
-    parser.add_argument("--stems", nargs="+", default=["10_mnist_mlp", "20_fmnist_mlp"], choices=list(tb.TABLES))
+    parser.add_argument("what", choices=["tables", "plateau", "bsnn", "stash", "restore"])
+    parser.add_argument("--stems", nargs="+", choices=list(tb.TABLES) + list(tb.ABLATIONS),
+                        help="tables: 10_mnist_mlp 20_fmnist_mlp; plateau: 30_cifar10_cnn 42_s_max 43_time_steps")
     parser.add_argument("--checkpoint-dir", type=Path, default=DEFAULT_DIR)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--spec", default=mt.QUICK_CIFAR10_SPEC)
-    parser.add_argument("--T", type=int, default=mt.TABLE1["T"])
-    parser.add_argument("--s-max", type=int, default=mt.TABLE1["s_max"])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32")
-    parser.add_argument("--max-epochs", type=int, default=200)
     parser.add_argument("--images", type=int, default=BSNN_IMAGES)
     parser.add_argument("--nets", nargs="+", default=list(BSNN_ANNS), choices=list(BSNN_ANNS))
     args = parser.parse_args(argv)
@@ -244,11 +229,10 @@ def main(argv=None):
     restore(args.checkpoint_dir)
     if args.what == "tables":
         print(f"code: {mt.__file__}, {rt.provenance()}", flush=True)
-        tables(args.stems, args.checkpoint_dir, args.threads)
-    elif args.what == "cifar":
+        tables(args.stems or ["10_mnist_mlp", "20_fmnist_mlp"], args.checkpoint_dir, args.threads)
+    elif args.what == "plateau":
         print(f"code: {mt.__file__}, {rt.provenance()}", flush=True)
-        cifar(args.spec, args.T, args.s_max, args.seed, args.precision, args.checkpoint_dir, args.threads,
-              args.max_epochs)
+        plateau(args.stems or ["30_cifar10_cnn", "42_s_max", "43_time_steps"], args.checkpoint_dir, args.threads)
     elif args.what == "bsnn":
         print(f"code: {mc.__file__}, {rt.provenance()}", flush=True)
         bsnn(args.checkpoint_dir, args.threads, args.images, args.nets)

@@ -27,7 +27,7 @@ import papermill as pm
 from mtsnn_runtime import device_name, pick_device
 
 STAMP = re.compile(r"^\*\*Stored outputs:\*\*.*$", re.M)
-PROFILES = ("test", "quick", "long", "full")  # shortest first; "long": a table's paper network for fewer epochs
+PROFILES = ("test", "quick", "plateau", "long", "full")  # shortest first (docs/glossary.md says what each is)
 
 
 def stored_profile(path):
