@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 from mtsnn_base import _atomic_save, _check_device, _expect, _positive, _positive_int
 from mtsnn_data import _IN_SHAPES, DATASETS, Dataset, load_dataset
-from mtsnn_runtime import configure_cuda, device_name, device_setup, load_checkpoint, provenance, save_checkpoint
+from mtsnn_runtime import (compile_neurons, configure_cuda, device_name, device_setup, load_checkpoint, provenance,
+                           save_checkpoint)
 
 # The paper's settings, named once for every notebook: Table 1's neuron and time steps (batch 128,
 # Adam beta 0.9/0.999, eps 1e-8 and 200 epochs are `train`'s and the notebooks'), its learning
@@ -606,7 +607,7 @@ def train_epoch(net, optimizer, train_ds, loss_fn, predict, *, epoch, seed, batc
 def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, device="cpu",
           subset=None, test_subset=None, root=None, data=None, augment=True, checkpoint=None,
           resume=False, progress=True, init_rate=1.0, init_output_rate=None, validation=None, plateau=None,
-          precision="float32", **neuron_kwargs):
+          precision="float32", compiled=False, **neuron_kwargs):
     """Train `build_net(spec, ...)` on `dataset` ("mnist", "fmnist", "cifar10") and return a JSON-able dict.
 
     The net is initialised by `build_net` and scaled by `calibrate_init` on the first 256 training
@@ -623,13 +624,13 @@ def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, dev
     run. `validation=N` holds the last N training images out of training and records their accuracy
     each epoch (`val_accuracy`); with `plateau=dict(min_epochs=, window=, min_gain=)` too, training
     stops once `plateaued` (at most `epochs`). `precision="bfloat16"` runs the synaptic layers under
-    bfloat16 autocast. The last three enter the configuration only when set, so that runs begun
-    before them resume. `data=(train, test)` reuses already loaded `Dataset`s. A non-finite loss
-    stops the run with a FloatingPointError naming the epoch and step. `neuron_kwargs` go to
+    bfloat16 autocast; `compiled=True` compiles the neurons (`compile_neurons`). The last four enter
+    the configuration only when set, so that runs begun before them resume. `data=(train, test)`
+    reuses loaded `Dataset`s. A non-finite loss stops the run with a FloatingPointError. `neuron_kwargs` go to
     `build_net` (init_gain, init_mean, init_std) and every `MultiThresholdLIF`.
     """
     _check_train_args(dataset, epochs, T, batch_size, lr, seed, subset, test_subset, data, augment, checkpoint,
-                      resume, progress, init_rate, init_output_rate, validation, plateau, precision)
+                      resume, progress, init_rate, init_output_rate, validation, plateau, precision, compiled)
     device = _check_device(device)
     if device.type == "cpu":
         # Far in the surrogate's tails the chain rule multiplies tiny gradients into denormal floats,
@@ -644,8 +645,8 @@ def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, dev
     config = dict(spec=spec, dataset=dataset, epochs=epochs, T=T, batch_size=batch_size, lr=lr, seed=seed,
                   subset=subset, test_subset=test_subset, augment=augment, init_rate=init_rate,
                   init_output_rate=init_output_rate, **model_kwargs, **{k: v for k, v, unset in [
-                      ("validation", validation, None), ("plateau", plateau, None), ("precision", precision, "float32")]
-                      if v != unset})  # recorded only when set: runs begun before these options resume
+                      ("validation", validation, None), ("plateau", plateau, None), ("precision", precision, "float32"),
+                      ("compiled", compiled, False)] if v != unset})  # only when set: earlier runs resume
     train_ds, test_ds = data or (load_dataset(dataset, True, root, device, subset),
                                  load_dataset(dataset, False, root, device, test_subset))
     data_id = dict(train=train_ds.fingerprint(), test=test_ds.fingerprint())
@@ -657,6 +658,8 @@ def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, dev
     net = initialised_net(spec, train_ds.x, 10, T=T, init_rate=init_rate, init_output_rate=init_output_rate,
                           **model_kwargs)
     s_max, net.precision = net.neurons()[-1].s_max, precision
+    if compiled:
+        compile_neurons(net.neurons())
     optimizer = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
     history, start = [], 0
     state = load_checkpoint(checkpoint) if resume and checkpoint else None
@@ -724,28 +727,25 @@ def plateaued(history, min_epochs=60, window=0.2, min_gain=0.2, key="val_accurac
 
 
 def _check_train_args(dataset, epochs, T, batch_size, lr, seed, subset, test_subset, data, augment, checkpoint,
-                      resume, progress, init_rate, init_output_rate, validation, plateau, precision):
+                      resume, progress, init_rate, init_output_rate, validation, plateau, precision, compiled):
     _expect("dataset", dataset, str, lambda v: v in DATASETS, f"one of {DATASETS}")
     for name, value in (("epochs", epochs), ("T", T), ("batch_size", batch_size)):
         _positive_int(name, value)
     _positive("lr", lr)
     _expect("seed", seed, int, lambda v: v >= 0, "an integer >= 0")
-    for name, value in (("subset", subset), ("test_subset", test_subset)):
+    for name, value in (("subset", subset), ("test_subset", test_subset), ("validation", validation)):
         if value is not None:
             _positive_int(name, value)
     if data is not None:
         _expect("data", data, (tuple, list), lambda v: len(v) == 2 and all(isinstance(d, Dataset) for d in v),
                 "a pair (train, test) of Datasets from load_dataset")
-    for name, value in (("augment", augment), ("resume", resume), ("progress", progress)):
+    for name, value in (("augment", augment), ("resume", resume), ("progress", progress), ("compiled", compiled)):
         _expect(name, value, bool, expected="True or False")
     if checkpoint is not None:
         _expect("checkpoint", checkpoint, (str, os.PathLike), expected="a file path")
-    if init_rate is not None:
-        _positive("init_rate", init_rate)
-    if init_output_rate is not None:
-        _positive("init_output_rate", init_output_rate)
-    if validation is not None:
-        _positive_int("validation", validation)
+    for name, value in (("init_rate", init_rate), ("init_output_rate", init_output_rate)):
+        if value is not None:
+            _positive(name, value)
     _expect("plateau", plateau, (dict, type(None)), lambda v: v is None or (validation and set(v) <= {
         "min_epochs", "window", "min_gain"}), "None or a dict of min_epochs, window, min_gain (with validation)")
     _expect("precision", precision, str, lambda v: v in ("float32", "bfloat16"), '"float32" or "bfloat16"')

@@ -81,7 +81,8 @@ def settings(stem, profile, epochs=None, seeds=None):
     """What `profile` runs for the table of notebook `stem`: "full" is Table 1 (the paper's network,
     all images, 200 epochs, seeds 0-4), "long" the same for the `epochs` (which it needs) and seeds
     (default seed 0) a CPU run affords, "plateau" the quick network at Table 1's rate on all images
-    but the last HELD_OUT, seed 0, until their accuracy plateaus (PLATEAU; at most 200 epochs),
+    but the last HELD_OUT, seed 0, until their accuracy plateaus (PLATEAU; at most 200 epochs; the
+    neurons compiled, `rt.compile_neurons`),
     "quick" the table's CPU-minutes profile (3 seeds, all test images), "test" a seconds-long check
     of the cells. `epochs`/`seeds` override the profile's."""
     _expect("stem", stem, str, lambda v: v in TABLES, f"one of {tuple(TABLES)}")
@@ -99,7 +100,7 @@ def settings(stem, profile, epochs=None, seeds=None):
     s = {"full": full,
          "long": dict(full, seeds=[0]),
          "plateau": dict(full, spec=table.quick.get("spec", table.paper_spec), seeds=[0], validation=HELD_OUT,
-                         plateau=PLATEAU),
+                         plateau=PLATEAU, compiled=True),
          "quick": dict(full, seeds=[0, 1, 2], **table.quick),
          "test": dict(full, spec=table.quick.get("spec", table.paper_spec), subset=512, test_subset=256, epochs=1,
                       seeds=[0, 1], lr=table.quick.get("lr", full["lr"]))}[profile]
@@ -115,7 +116,7 @@ def train_seeds(s, device, executor="local", cluster=None, checkpoint_dir=None, 
     from it; each result gets its `model` back from there."""
     checkpoint_dir = checkpoint_dir or tempfile.mkdtemp(prefix=f"{s['stem']}_")
     common = dict(spec=s["spec"], dataset=s["dataset"], epochs=s["epochs"], batch_size=s["batch_size"], lr=s["lr"],
-                  subset=s["subset"], test_subset=s["test_subset"], device=device, **mt.TABLE1, **_held_out(s))
+                  subset=s["subset"], test_subset=s["test_subset"], device=device, **mt.TABLE1, **_run_options(s))
     results = mr.train_sweep([dict(seed=seed) for seed in s["seeds"]], processes=processes, threads=threads,
                              checkpoint_dir=checkpoint_dir, executor=mr.make_executor(executor, **(cluster or {})),
                              **common)
@@ -164,9 +165,9 @@ def load_pretrained(stem, test_ds):
     return results, row["relu_twin_accuracy"], row.get("relu_twin_history")
 
 
-def _held_out(s):
+def _run_options(s):
     """The plateau profile's `train` arguments (none for the others)."""
-    return {k: s[k] for k in ("validation", "plateau") if s.get(k)}
+    return {k: s[k] for k in ("validation", "plateau", "compiled") if s.get(k)}
 
 
 def relu_twin_model(s, train_ds, test_ds, checkpoint_dir=None, epochs=None):
@@ -1314,7 +1315,7 @@ def ablation_settings(stem, profile):
                 epochs=a.full_epochs)
     s = {"full": full,
          "plateau": dict(full, spec=QUICK_ABLATION_SPEC, epochs=PAPER_EPOCHS, seeds=[0], points=list(a.plateau_points),
-                         validation=HELD_OUT, plateau=PLATEAU),
+                         validation=HELD_OUT, plateau=PLATEAU, compiled=True),
          "quick": quick,
          "test": dict(quick, subset=256, test_subset=256, seeds=[0, 1])}[profile]
     return dict(s, stem=stem, figure=a.figure, key=a.key, dataset="cifar10", profile=profile, batch_size=128,
@@ -1334,7 +1335,7 @@ def run_ablation(s, device, executor="local", cluster=None, checkpoint_dir=None,
                           checkpoint_dir=checkpoint_dir, spec=s["spec"], dataset=s["dataset"], epochs=s["epochs"],
                           lr=s["lr"], subset=s["subset"], test_subset=s["test_subset"], batch_size=s["batch_size"],
                           device=device if executor == "local" else "auto", processes=processes, threads=threads,
-                          **fixed, **_held_out(s))
+                          **fixed, **_run_options(s))
     results = [None] * len(configs)
     for i, r in zip(order, runs):
         results[i] = r

@@ -861,6 +861,32 @@ def test_bfloat16_precision_is_recorded_and_reloaded(mnist_512, tmp_path):
     assert abs(r["history"][0]["test_accuracy"] - f32["history"][0]["test_accuracy"]) < 3.0
 
 
+def test_compiled_neurons_fire_the_same_spikes_and_gradients():
+    """torch.compile of the neurons (the plateau runs' `compiled=True`): the same spikes, the same
+    gradients up to float rounding (the fused loop may round differently)."""
+    x, y = torch.randn(64, 1, 12, 12) * 3, torch.randint(0, 10, (64,))
+    nets = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        net = mt.build_net("4C3-P2-16", (1, 12, 12), 10)
+        if compiled:
+            rt.compile_neurons(net.neurons())
+        out = net(x, 2)
+        mt.spike_mse_loss(out, y, 15).backward()
+        nets.append((net, out))
+    (eager, s0), (fast, s1) = nets
+    assert torch.equal(s0, s1) and s0.sum() > 0
+    for p0, p1 in zip(eager.parameters(), fast.parameters()):
+        assert torch.allclose(p0.grad, p1.grad, rtol=1e-4, atol=1e-6 * p0.grad.abs().max().item())
+
+
+@needs_mnist
+def test_compiled_is_recorded_only_when_set(mnist_512):
+    kw = dict(epochs=1, data=mnist_512, progress=False)
+    assert mt.train("784-50-10", "mnist", compiled=True, **kw)["config"]["compiled"] is True
+    assert "compiled" not in mt.train("784-50-10", "mnist", **kw)["config"]
+
+
 @needs_mnist
 def test_silent_output_neuron_warns_with_its_index(mnist_512, monkeypatch):
     """An output neuron that never fires, in the training epoch and on the test set, is named."""
