@@ -157,6 +157,7 @@ def result_row(name, results, paper_accuracy=None, **extra):
                silent_outputs=[h[-1].get("silent_outputs") for h in histories],
                output_tied=[h[-1].get("output_tied") for h in histories],
                history=[r.get("history") for r in results], config=cfg,
+               precision=cfg.get("precision", "float32"), compiled=cfg.get("compiled", False),
                run_device=[r.get("device") for r in results])  # each run's own device and threads
     return {**row, **extra}  # extra fields, e.g. the swept parameter, may also restate a standard one
 
