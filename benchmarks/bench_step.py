@@ -13,6 +13,8 @@ after each Conv/Linear layer changes:
                    implementation (0.0.0.0.x: backend="torch"; 2.x: SJ_LIF_CUDA_IMPLEMENTATION=torch,
                    which is also what 2.x always runs on CPU; --sj-backend auto for its kernels)
     snntorch       snntorch.Leaky (single-step) in a module that loops over T and stacks
+    f2-compiled    (CPU only) f2 with each neuron compiled by torch.compile (`rt.compile_neurons`,
+                   the plateau runs' `compiled=True`); its warm-up steps include the compilation
     f2-bf16        (CUDA only, unless asked for with --variants) f2 under bf16 autocast, the neuron
                    and the loss in fp32
     f2-plain       (CUDA only) f2 with the plain PyTorch neuron (MTSNN_FUSED=off), not the Triton kernels
@@ -89,6 +91,7 @@ VARIANTS = ["f1", "f2", "f3", "smax1-f2", "relu-T1", "spikingjelly", "snntorch"]
 # instead of the fused Triton one, f2 and the ANN without TF32 (CUDA_POLICY's alternative), and f2
 # without cuDNN's deterministic algorithms (rt.CUDA_POLICY's alternatives).
 CUDA_ONLY = ["f2-bf16", "f2-plain", "f2-fp32", "relu-T1-fp32", "f2-nondeterministic"]
+CPU_ONLY = ["f2-compiled"]  # on CUDA the neuron is the fused Triton kernel already
 
 # Peer neurons: our dynamics where the libraries allow: h = (1 - 1/tau) u + x with tau = 10
 # (SpikingJelly decay_input=False; snnTorch beta = 0.9), reset by subtraction, gradient through
@@ -141,7 +144,10 @@ def spikingjelly_factory():
 def make_net(variant, spec, in_shape):
     """(net, T, reset_fn) for one variant; reset_fn clears neuron state before each forward."""
     if variant in ("f1", "f2", "f3") or variant.startswith("f2-"):
-        return mt.build_net(spec, in_shape, 10, s_max=15, surrogate=variant[:2]), T_STEPS, None
+        net = mt.build_net(spec, in_shape, 10, s_max=15, surrogate=variant[:2])
+        if variant == "f2-compiled":
+            rt.compile_neurons(net.neurons())
+        return net, T_STEPS, None
     if variant == "smax1-f2":
         return mt.build_net(spec, in_shape, 10, s_max=1, surrogate="f2"), T_STEPS, None
     if variant in ("relu-T1", "relu-T1-fp32"):
@@ -308,7 +314,7 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="smoke run: batch 32 (CIFAR-10 net 4), 1 warm-up step, >= 2 timed steps per cell")
     p.add_argument("--nets", help="comma-separated aliases or specs: " + ", ".join(a for a, _, _ in NETS))
-    p.add_argument("--variants", help="comma-separated: " + ", ".join(VARIANTS + CUDA_ONLY))
+    p.add_argument("--variants", help="comma-separated: " + ", ".join(VARIANTS + CUDA_ONLY + CPU_ONLY))
     p.add_argument("--batch", type=int, help="batch of the MNIST nets (default 128; 32 with --quick)")
     p.add_argument("--cifar-batch", type=int,
                    help="batch of the CIFAR-10 net (default 128 on CUDA, 16 on CPU, 4 with --quick)")
@@ -344,7 +350,8 @@ def main(argv=None):
     aliases = [a for a, _, _ in NETS] + [s for _, s, _ in NETS]
     nets = pick(aliases, args.nets, "nets")
     nets = [n for n in NETS if nets is None or n[0] in nets or n[1] in nets]
-    variants = pick(VARIANTS + CUDA_ONLY, args.variants, "variants") or VARIANTS + (CUDA_ONLY if cuda else [])
+    variants = (pick(VARIANTS + CUDA_ONLY + CPU_ONLY, args.variants, "variants")
+                or VARIANTS + (CUDA_ONLY if cuda else CPU_ONLY))
 
     versions = {"torch": torch.__version__}
     for lib in ("spikingjelly", "snntorch"):
@@ -416,7 +423,7 @@ def main(argv=None):
                torch=torch.__version__, profile=device.type, quick=args.quick,
                batch=args.batch, cifar_batch=cifar_batch, T=T_STEPS, versions=versions,
                spikingjelly_backend=args.sj_backend, channels_last=bool(cuda and args.channels_last),
-               runtime_s=round(time.time() - t_start, 1),
+               runtime_s=round(time.time() - t_start, 1), provenance=rt.provenance(),
                rows=[{k: r[k] for k in keys if k in r} for r in rows], targets=targets, target_check=checks)
     out.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"\nwrote {out}  ({doc['runtime_s']} s)")
