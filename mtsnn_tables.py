@@ -883,8 +883,7 @@ def _cifar_conversion_entry(row):
     the directly trained network of the same shape, first seed, both at T = 2."""
     n, conv = row["test_images"], row["converted_twin"]
     direct, at2 = row["accuracy"][0], conv["accuracy"]["2"]
-    tail_sd = epoch_summary(row["history"][0])["tail_sd"]
-    diff, mdd = at2 - direct, 2 * math.hypot(single_se(direct, n, tail_sd), single_se(at2, n))
+    diff, mdd = at2 - direct, 2 * math.hypot(run_se(row["history"][0], n), single_se(at2, n))
     ok = learned(direct, row["relu_twin_accuracy"], row["silent_outputs"][0])
     outcome, plateau = reaches_outcome(diff, mdd), row["profile"] in ("full", "plateau")
     why = ("; the opposite is seen, but runs of this budget (not trained to a plateau) cannot contradict"
