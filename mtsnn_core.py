@@ -1,8 +1,7 @@
 """Multi-threshold spiking neural networks trained directly by backpropagation through time.
 
-A small, readable core for the replication of Xu, Liu & Yang, *Direct training via
-backpropagation for ultra-low-latency spiking neural networks with multi-threshold* (Symmetry
-2022, arXiv 2112.07426). Equation numbers below are the paper's. Contents, top to bottom:
+The core of the replication of Xu, Liu & Yang, *Direct training via backpropagation for ultra-low-latency
+spiking neural networks with multi-threshold* (Symmetry 2022, arXiv 2112.07426); equation numbers are its:
 
 1. surrogate derivative curves f1, f2, f3 (eqs. 14-16)
 2. the multi-threshold LIF neuron (eqs. 1-5) and its backward pass (eqs. 9-13)
@@ -11,9 +10,8 @@ backpropagation for ultra-low-latency spiking neural networks with multi-thresho
    `evaluate`, `train_epoch`, `load_model`, `export_weights`
 
 The paper's settings (Table 1, its networks, learning rates) are named once, below the imports.
-Below the core: `mtsnn_base` (argument checks), `mtsnn_data` (`load_dataset`), `mtsnn_runtime`
-(checkpoints, device, provenance); above it `mtsnn_runs` (`train_sweep`, result JSON, plots,
-`energy_report`).
+Below the core: `mtsnn_base` (argument checks), `mtsnn_data` (`load_dataset`), `mtsnn_runtime` (checkpoints,
+device, provenance); above it `mtsnn_runs` (`train_sweep`, result JSON, plots, `energy_report`).
 """
 from __future__ import annotations
 
@@ -63,12 +61,11 @@ def _gaussian_comb(u, v_th, s_max, alpha_h, alpha_w, narrowing):
     """Sum over thresholds i of a_i * exp(-(u - i*V_th)^2 / w_i): f1 (a_i = i, w_i = alpha_w/i)
     and f2 (a_i = 1, w_i = alpha_w) share this code.
 
-    Only a window of the `width` thresholds nearest to u is summed, one term at a time (no S_max-fold
-    temporaries): every Gaussian outside it lies at least (reach + 1/2)*V_th from u, where it is
-    below 1e-9*alpha_H. When the window covers the whole comb (wide Gaussians, small S_max) the
-    result is the equation term for term. The window is clamped to 1..S_max as a whole, so it needs
-    no masks at the ends of the comb. Exponents are clamped at -80 (exp(-80) ~ 2e-35): below that
-    exp yields denormal floats, which the CPU computes 100-250x more slowly.
+    Only the `width` thresholds nearest to u are summed, one term at a time (no S_max-fold temporaries):
+    every Gaussian outside lies at least (reach + 1/2)*V_th from u, below 1e-9*alpha_H there; a window
+    covering the comb gives the equation term for term. Clamped to 1..S_max as a whole, it needs no
+    masks at the comb's ends. Exponents are clamped at -80: below, exp yields denormal floats, which the
+    CPU computes 100-250x more slowly.
     """
     reach, width = comb_window(v_th, s_max, alpha_w)
     first = torch.round(u / v_th).sub_(reach).clamp_(1, s_max - width + 1)  # lowest threshold summed
@@ -130,10 +127,9 @@ def _check_neuron_args(v_th=10.0, tau_m=10.0, s_max=15, surrogate="f2", reset_gr
 # ----------------------------------------------------------------------------------------------
 
 
-# On CUDA the neuron runs as two Triton kernels (mtsnn_fused.py: the time loop forward, the
-# surrogate backward), the same arithmetic as the plain PyTorch code below, which stays the
-# reference and the CPU path. MTSNN_FUSED=off keeps CUDA on the reference; =all also sends CPU
-# tensors to the kernels (needs TRITON_INTERPRET=1: the tests use it).
+# On CUDA the neuron runs as two Triton kernels (mtsnn_fused.py), the arithmetic of the PyTorch code
+# below, which stays the reference and the CPU path. MTSNN_FUSED=off keeps CUDA on the reference; =all
+# also sends CPU tensors to the kernels (needs TRITON_INTERPRET=1: the tests use it).
 FUSED_NEURON = os.environ.get("MTSNN_FUSED", "cuda")
 if FUSED_NEURON not in ("cuda", "off", "all"):
     raise ValueError(f"MTSNN_FUSED must be cuda (the default), off or all, got {FUSED_NEURON!r}")
@@ -145,9 +141,7 @@ def _fused_module():
 
 
 def _fused(x):
-    if FUSED_NEURON == "off" or (FUSED_NEURON == "cuda" and not x.is_cuda):
-        return False
-    return _fused_module().supported(x)
+    return FUSED_NEURON != "off" and (FUSED_NEURON == "all" or x.is_cuda) and _fused_module().supported(x)
 
 
 class _MultiThresholdFire(torch.autograd.Function):
@@ -198,22 +192,19 @@ class MultiThresholdLIF(nn.Module):
 
     With s_max=1 this is the ordinary soft-reset LIF, spike for spike.
 
-    Backward, with f = surrogate(h[t]) standing in for ds/dh, `reset_grad` chooses how the reset
-    is differentiated:
+    Backward, with f = surrogate(h[t]) standing in for ds/dh, `reset_grad` says how the reset is differentiated:
 
-    - "paper": the paper's eqs. 11-13 differentiate eq. 4 implicitly (the reset depends on the
-      membrane it resets), so every path through h[t] is divided by (1 + V_th f):
-      ds/dh = f/(1 + V_th f), du/dh = 1/(1 + V_th f). We apply that factor to the error sent to
-      lower layers too, i.e. dL/dx[t] = dL/dh[t]; eq. 9 as printed leaves it out of the spatial
-      path. At T = 1 the output layer's weight gradient is exactly eq. 13 times eq. 10.
+    - "paper": eqs. 11-13 differentiate eq. 4 implicitly (the reset depends on the membrane it resets):
+      every path through h[t] is divided by (1 + V_th f): ds/dh = f/(1 + V_th f), du/dh = 1/(1 + V_th f),
+      the error sent to lower layers too (dL/dx[t] = dL/dh[t]; eq. 9 as printed leaves it out). At T = 1
+      the output layer's weight gradient is exactly eq. 13 times eq. 10.
     - "bptt": plain autograd through u = h - s V_th: ds/dh = f, du/dh = 1 - V_th f. With V_th = 10
       and f up to ~1 this factor flips sign and amplifies, and training collapses.
     - "detach": the reset as a constant: ds/dh = f, du/dh = 1.
 
-    `run(x)` gives the same forward without autograd and also returns the pre-reset potentials h.
-    After each forward, `firing_rate` holds the mean spike count per neuron per step (detached)
-    and `spike_sum` the total spike count; with `keep_residual` set (the output layer's neuron),
-    `residual` holds the membrane potential u[T-1] left after the last step.
+    `run(x)`: the same forward without autograd, with the pre-reset potentials h. After each forward,
+    `firing_rate` (spikes per neuron per step) and `spike_sum`; with `keep_residual` (the output
+    layer's neuron), `residual`: the potential u[T-1] left after the last step.
     """
 
     def __init__(self, v_th=10.0, tau_m=10.0, s_max=15, surrogate="f2", alpha_h=1.0,
@@ -276,10 +267,9 @@ class TimeFolded(nn.Module):
 
 def readout(out_spikes, residual):
     """The class with the most output spikes over the T steps ([T, B, classes] -> [B]). Classes tied
-    on spikes (all silent, say) are told apart by the membrane potential `residual` [B, classes] each
-    has left after the last step: the one closest to its next spike wins, so the class order decides
-    only an exact tie of both. Compared exactly, as the pair (count, residual): a tie-break term added
-    to the count rounds away in float32 for large residuals."""
+    on spikes (all silent, say) are told apart by the potential `residual` [B, classes] each has left:
+    the one closest to its next spike wins; the class order decides only an exact tie of both. Compared
+    as the pair (count, residual): a tie-break term added to the count rounds away in float32."""
     counts = out_spikes.sum(0)
     tied = counts == counts.amax(1, keepdim=True)
     return residual.masked_fill(~tied, -math.inf).argmax(1)
@@ -351,15 +341,12 @@ def build_net(spec, in_shape, n_classes, *, activation=None, init_gain=0.5, init
     needs no neuron of its own and the next layer still only accumulates.
 
     Initialisation, our reading of eq. 17 (W ~ [V_th/N_{l-1}, 0.5]; N_{l-1} the fan-in), bias 0:
-    W ~ Normal(mean, std = init_gain * V_th/sqrt(N_{l-1})). The spread
-    scales with 1/sqrt(fan-in) so that a layer's input current spreads by about
-    init_gain * V_th * rms(input) whatever its width (`init_std` instead sets one std for every
-    layer: 0.5 is eq. 17 read literally). The mean V_th/N_{l-1} goes to the output layer only
-    (`init_mean="output"`); hidden layers start with mean 0. With the mean in every layer
-    (`init_mean="all"`) the loss's first error, "fewer spikes" on 9 of 10 outputs, reaches every
-    weight with the same sign (spikes are never negative) and Adam silences whole layers in a few
-    steps; notebook 45 measures this. `train` then scales each layer to a stated firing rate
-    (`calibrate_init`). With `activation` the layers keep PyTorch's default initialisation.
+    W ~ Normal(mean, std = init_gain * V_th/sqrt(N_{l-1})), so that a layer's current spreads by about
+    init_gain * V_th * rms(input) whatever its width (`init_std`: one std for every layer; 0.5 is eq. 17
+    read literally). The mean V_th/N_{l-1} goes to the output layer only (`init_mean="output"`): in
+    every layer ("all"), the first error, "fewer spikes" on 9 of 10 outputs, reaches every weight with
+    one sign (spikes are never negative) and Adam silences whole layers (notebook 45). `train` then
+    scales each layer to a firing rate (`calibrate_init`). With `activation`: PyTorch's default init.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"spec must be a non-empty string like '784-800-10', got {spec!r}")
@@ -445,41 +432,58 @@ def output_start(s_max, n_classes=10):
     return s_max / (6 * n_classes)
 
 
+def _bisect(too_low, lo, hi):
+    """Where the monotone test `too_low(v)` turns False in [lo, hi], halved 40 times."""
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if too_low(mid) else (lo, mid)
+    return (lo + hi) / 2
+
+
 @torch.no_grad()
-def calibrate_init(net, images, rate=1.0, output_rate=None, T=2):
+def calibrate_init(net, images, rate=1.0, output_rate=None, T=2, spread=None):
     """Scale each synaptic layer, bottom up, so that the neuron layer it feeds fires `rate` spikes
     per neuron per step on average over `images` (the layers below already scaled), and the
     output layer `output_rate` (None: `output_start`), each at most S_max/4 (with S_max = 1 a rate
     of 1 would have every neuron fire at every step: a saturated layer passes no information).
-    Returns the factors.
+    Returns the factors (per channel where centred).
+    A spike count grows with the current, which is linear in the weights: a bisection on one factor
+    per layer finds the rate. The output starts well below S_max/n_classes, the rate the loss asks of
+    it: above that, "fewer spikes" on nine wrong classes outweighs "more" on the right one, and Adam
+    pushes whole output neurons below threshold, where the surrogate is ~0, for good (docs/choices.md).
 
-    The current into a layer is linear in its weights and a neuron's spike count grows with its
-    current, so a bisection on one factor per layer finds the rate. The output layer starts well
-    below S_max/n_classes, the mean rate the loss asks of it: above that, "fewer spikes" on the
-    nine wrong classes outweighs "more spikes" on the right one, and Adam's first steps push whole
-    output neurons below threshold, where the surrogate is ~0 and none ever fires again. A start
-    fixed in spikes per step (0.25) sat above that point at S_max = 1 (0.1) and lost output neurons
-    there; relative to S_max it keeps them (docs/choices.md)."""
+    With `spread` (mV per spike level) each hidden channel is centred instead: its current spreads by
+    spread*S_max about one mean per layer, the mean that fires `rate`. Binary spikes need it: uncentred,
+    channels start at different means, and training pushes them out of the few millivolts where one
+    threshold's surrogate is not ~0, below (silent) or above (always firing), for good (docs/choices.md)."""
     _expect("net", net, SpikingNet, expected="a SpikingNet from build_net (with spiking neurons)")
     _expect("images", images, torch.Tensor, lambda v: v.dim() >= 2 and len(v) >= 1, "a tensor [N, ...] of images")
     _positive("rate", rate)
-    if output_rate is not None:
-        _positive("output_rate", output_rate)
+    for name, value in (("output_rate", output_rate), ("spread", spread)):
+        if value is not None:
+            _positive(name, value)
     _positive_int("T", T)
     current = net.first(images)
     x, factors = current.unsqueeze(0).expand(T, *current.shape), []
     synapse, n_layers = net.first[-1], len(net.neurons())
     for module in net.rest:
         if isinstance(module, MultiThresholdLIF):
+            last = len(factors) == n_layers - 1
             out = output_rate or output_start(module.s_max, x.shape[-1])  # x: the output current [T, B, classes]
-            target = min(out if len(factors) == n_layers - 1 else rate, module.s_max / 4)
-            lo, hi = -12.0, 12.0  # log2 of the factor, halved down to float32 resolution
-            for _ in range(40):
-                mid = (lo + hi) / 2
-                lo, hi = (mid, hi) if module.run(x * 2 ** mid)[0].mean() < target else (lo, mid)
-            factor = 2 ** ((lo + hi) / 2)
-            synapse.weight.mul_(factor), synapse.bias.mul_(factor)
-            x = module.run(x * factor)[0]
+            target = min(out if last else rate, module.s_max / 4)
+            if spread is None or last:  # one factor for the layer, found on its log2
+                factor = 2 ** _bisect(lambda e: module.run(x * 2 ** e)[0].mean() < target, -12.0, 12.0)
+                synapse.weight.mul_(factor), synapse.bias.mul_(factor)
+                x = x * factor
+            else:  # x: [T, B, channels, ...]
+                dims, channel = [d for d in range(x.dim()) if d != 2], (1, 1, -1) + (1,) * (x.dim() - 3)
+                mean, factor = x.mean(dims), spread * module.s_max / x.std(dims).clamp_min(1e-6)
+                x = (x - mean.view(channel)) * factor.view(channel)
+                shift = _bisect(lambda b: module.run(x + b)[0].mean() < target, -100 * module.v_th, 100 * module.v_th)
+                synapse.weight.mul_(factor.view((-1,) + (1,) * (synapse.weight.dim() - 1)))
+                synapse.bias.sub_(mean).mul_(factor).add_(shift)
+                x = x + shift
+            x = module.run(x)[0]
             factors.append(factor)
         else:
             x = module(x)
@@ -487,12 +491,13 @@ def calibrate_init(net, images, rate=1.0, output_rate=None, T=2):
     return factors
 
 
-def initialised_net(spec, images, n_classes=10, *, T=2, init_rate=1.0, init_output_rate=None, **kwargs):
-    """`build_net(spec, ...)` scaled by `calibrate_init` on `images` (the first 256 are used; no
-    scaling when init_rate is None): the network `train` starts from. Draws from torch's global RNG."""
+def initialised_net(spec, images, n_classes=10, *, T=2, init_rate=1.0, init_output_rate=None, init_spread=None,
+                     **kwargs):
+    """`build_net` scaled by `calibrate_init` on the first 256 `images` (init_rate=None: not scaled): the
+    network `train` starts from. Draws from torch's global RNG."""
     net = build_net(spec, images.shape[1:], n_classes, **kwargs).to(images.device)
     if init_rate is not None:
-        calibrate_init(net, images[:256], init_rate, init_output_rate, T)
+        calibrate_init(net, images[:256], init_rate, init_output_rate, T, init_spread)
     return net
 
 
@@ -501,29 +506,24 @@ def initialised_net(spec, images, n_classes=10, *, T=2, init_rate=1.0, init_outp
 # ----------------------------------------------------------------------------------------------
 
 
-def spike_mse_loss(out_spikes, labels, s_max):
+def spike_mse_loss(out_spikes, labels, s_max, label_margin=0):
     """Eq. 6 summed over the T steps and the classes, averaged over the batch:
-    L = 1/2 sum_t sum_i (y_i[t] - s_i[t])^2, with desired firing y_i[t] = S_max for the labelled
-    class and 0 for every other class, at every step (the most and the fewest spikes an output can
-    emit)."""
-    target = F.one_hot(labels, out_spikes.shape[-1]).to(out_spikes) * s_max
+    L = 1/2 sum_t sum_i (y_i[t] - s_i[t])^2, with desired firing y_i[t] = S_max + `label_margin` for the
+    labelled class and 0 for every other class, at every step: with no margin the most and the fewest
+    spikes an output can emit; a margin beyond reach keeps pushing a firing label's output up while its
+    surrogate has slope, which binary spikes need (docs/choices.md)."""
+    target = F.one_hot(labels, out_spikes.shape[-1]).to(out_spikes) * (s_max + label_margin)
     return 0.5 * (out_spikes - target).pow(2).sum((0, 2)).mean()
 
 
 @torch.no_grad()
 def evaluate(net, data, T, batch_size=1000):
-    """A test pass over all of `data`: a dict with
-
-    - `accuracy`: test accuracy (%); `accuracy_ties_to_lowest`: the same with tied classes read
-      as the lowest class index instead of by their residual potential (the readout's effect);
-    - `firing_rate`: per neuron layer, the mean spike count per neuron per step;
-    - `silent_fraction`: per neuron layer, the fraction of its neurons (every unit of a feature
-      map counts) that never fired on any test image at any step;
-    - `silent_outputs`: the output neurons (class indices) that never fired;
-    - `output_silent`, `output_tied`: the fraction of test images whose output spike counts are
-      all zero, or whose largest count is shared by two or more classes (silent images included):
-      for those the readout's tie rule (`SpikingNet.predict`), not the network, picks the class.
-    """
+    """A test pass over `data`: a dict of `accuracy` (%); `accuracy_ties_to_lowest` (ties read as the
+    lowest index instead of by their residual potential); per neuron layer
+    `firing_rate` (spikes per neuron per step) and `silent_fraction` (of its neurons, every unit of a
+    feature map counted, that never fired); `silent_outputs` (classes that never fired); `output_silent`,
+    `output_tied`: the fraction of images whose output counts are all zero, or whose largest count two or
+    more classes share (silent ones included): the tie rule (`SpikingNet.predict`) picks their class."""
     _expect("data", data, Dataset, expected="a Dataset (from load_dataset)")
     _positive_int("T", T)
     _positive_int("batch_size", batch_size)
@@ -566,8 +566,8 @@ def train_epoch(net, optimizer, train_ds, loss_fn, predict, *, epoch, seed, batc
                 on_step=None, T=1):
     """One epoch of minibatch training, shared by `train` and `mtsnn_convert.train_ann`.
 
-    The order and the crops draw from a generator seeded with (seed, epoch), so an epoch is the same
-    whether or not the run was resumed before it. `net(x, T)` gives [T, batch, classes];
+    Order and crops draw from a generator seeded with (seed, epoch): an epoch is the same resumed or not.
+    `net(x, T)` gives [T, batch, classes];
     `loss_fn(out, labels)` is minimised and `predict(out)` gives the classes counted as correct.
     Returns the per-step losses, the number of correct training predictions and the output summed
     per class over the epoch (a class that never fired is 0). A non-finite loss raises
@@ -606,36 +606,31 @@ def train_epoch(net, optimizer, train_ds, loss_fn, predict, *, epoch, seed, batc
 
 def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, device="cpu",
           subset=None, test_subset=None, root=None, data=None, augment=True, checkpoint=None,
-          resume=False, progress=True, init_rate=1.0, init_output_rate=None, validation=None, plateau=None,
-          precision="float32", compiled=False, **neuron_kwargs):
+          resume=False, progress=True, init_rate=1.0, init_output_rate=None, init_spread=None, label_margin=0,
+          validation=None, plateau=None, precision="float32", compiled=False, **neuron_kwargs):
     """Train `build_net(spec, ...)` on `dataset` ("mnist", "fmnist", "cifar10") and return a JSON-able dict.
 
-    The net is initialised by `build_net` and scaled by `calibrate_init` on the first 256 training
-    images so that hidden layers start at `init_rate` and the output layer at `init_output_rate`
-    spikes per neuron per step (None: `output_start`; init_rate=None: no scaling). Adam (beta 0.9/0.999, eps 1e-8) on
-    `spike_mse_loss`; the full test set (or `test_subset`) is evaluated after every epoch and each
-    history row carries `evaluate`'s silent-neuron and tie fractions. An output neuron that never
-    fires in a whole training epoch raises a warning naming it. On the CPU, denormal floats are
-    flushed to zero for speed. Shuffling and augmentation draw from a generator seeded with
-    (seed, epoch), so a run resumed from its checkpoint (`checkpoint=path, resume=True`; written
-    atomically after every epoch) ends with the same weights as an uninterrupted one; resume
-    refuses a checkpoint of another configuration (every default filled in), other data, or more
-    epochs than asked; a weights file without optimizer state (`export_weights`) stands for a finished
-    run. `validation=N` holds the last N training images out of training and records their accuracy
-    each epoch (`val_accuracy`); with `plateau=dict(min_epochs=, window=, min_gain=)` too, training
-    stops once `plateaued` (at most `epochs`). `precision="bfloat16"` runs the synaptic layers under
-    bfloat16 autocast; `compiled=True` compiles the neurons (`compile_neurons`). The last four enter
-    the configuration only when set, so that runs begun before them resume. `data=(train, test)`
-    reuses loaded `Dataset`s. A non-finite loss stops the run with a FloatingPointError. `neuron_kwargs` go to
-    `build_net` (init_gain, init_mean, init_std) and every `MultiThresholdLIF`.
+    The net starts from `initialised_net` on the first 256 training images (`calibrate_init`: hidden
+    layers at `init_rate`, the output at `init_output_rate` spikes per neuron per step, hidden channels
+    centred with spread `init_spread` mV per spike level where set; the label's target `label_margin`
+    spikes beyond S_max, `spike_mse_loss`). Adam (beta 0.9/0.999, eps 1e-8) on `spike_mse_loss`;
+    the test set (or `test_subset`) is evaluated after every epoch, each history row with `evaluate`'s
+    silent-neuron and tie fractions; an output neuron silent for a whole epoch raises a warning. Shuffling
+    and augmentation draw from a generator seeded with (seed, epoch), so a run resumed from its
+    checkpoint (`checkpoint=path, resume=True`; written atomically every epoch) ends with the weights of
+    an uninterrupted one; resume refuses another configuration (every default filled in), other data,
+    or more epochs than asked; a weights file without optimizer state (`export_weights`) stands for a
+    finished run. `validation=N` holds the last N training images out (`val_accuracy`); with
+    `plateau=dict(min_epochs=, window=, min_gain=)` training stops once `plateaued`. `precision="bfloat16"`
+    runs the synaptic layers under autocast; `compiled=True` compiles the neurons. These and the two
+    above enter the configuration only when set, so that earlier runs resume. `data=(train, test)`
+    reuses loaded `Dataset`s; `neuron_kwargs` go to `build_net` and every `MultiThresholdLIF`.
     """
-    _check_train_args(dataset, epochs, T, batch_size, lr, seed, subset, test_subset, data, augment, checkpoint,
-                      resume, progress, init_rate, init_output_rate, validation, plateau, precision, compiled)
+    _check_train_args(**locals())
     device = _check_device(device)
     if device.type == "cpu":
-        # Far in the surrogate's tails the chain rule multiplies tiny gradients into denormal floats,
-        # which x86 CPUs compute 10-100x more slowly (a CNN step: 0.15 s -> 1.3 s). Flush them to zero
-        # (process-wide; no effect on the MLP results we checked, bit for bit).
+        # Tiny gradients in the surrogate's tails become denormal floats, 10-100x slower on x86 (a CNN
+        # step: 0.15 s -> 1.3 s): flush them to zero (process-wide; the MLP results bit for bit the same).
         torch.set_flush_denormal(True)
     if device.type == "cuda":
         configure_cuda()
@@ -644,9 +639,11 @@ def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, dev
         init_output_rate = output_start(model_kwargs["s_max"])
     config = dict(spec=spec, dataset=dataset, epochs=epochs, T=T, batch_size=batch_size, lr=lr, seed=seed,
                   subset=subset, test_subset=test_subset, augment=augment, init_rate=init_rate,
-                  init_output_rate=init_output_rate, **model_kwargs, **{k: v for k, v, unset in [
-                      ("validation", validation, None), ("plateau", plateau, None), ("precision", precision, "float32"),
-                      ("compiled", compiled, False)] if v != unset})  # only when set: earlier runs resume
+                  init_output_rate=init_output_rate, **model_kwargs)
+    config.update({k: v for k, v, unset in [("init_spread", init_spread, None), ("label_margin", label_margin, 0),
+                   ("validation", validation, None),
+                   ("plateau", plateau, None), ("precision", precision, "float32"), ("compiled", compiled, False)]
+                   if v != unset})  # only when set: earlier runs resume
     train_ds, test_ds = data or (load_dataset(dataset, True, root, device, subset),
                                  load_dataset(dataset, False, root, device, test_subset))
     data_id = dict(train=train_ds.fingerprint(), test=test_ds.fingerprint())
@@ -656,8 +653,9 @@ def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, dev
         train_ds, val_ds = train_ds.split(len(train_ds) - validation)
     torch.manual_seed(seed)
     net = initialised_net(spec, train_ds.x, 10, T=T, init_rate=init_rate, init_output_rate=init_output_rate,
-                          **model_kwargs)
-    s_max, net.precision = net.neurons()[-1].s_max, precision
+                          init_spread=init_spread, **model_kwargs)
+    net.precision = precision
+    loss_fn = partial(spike_mse_loss, s_max=net.neurons()[-1].s_max, label_margin=label_margin)
     if compiled:
         compile_neurons(net.neurons())
     optimizer = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
@@ -689,7 +687,7 @@ def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, dev
         t0 = time.time()
         try:
             losses, correct, output_spikes = train_epoch(
-                net, optimizer, train_ds, partial(spike_mse_loss, s_max=s_max), net.predict, epoch=epoch, seed=seed,
+                net, optimizer, train_ds, loss_fn, net.predict, epoch=epoch, seed=seed,
                 batch_size=batch_size, augment=augment, on_step=bar.update, T=T)
         except FloatingPointError as exc:
             bar.close()
@@ -726,8 +724,9 @@ def plateaued(history, min_epochs=60, window=0.2, min_gain=0.2, key="val_accurac
                                                  - max(h[key] for h in history[:-recent]) < min_gain)
 
 
-def _check_train_args(dataset, epochs, T, batch_size, lr, seed, subset, test_subset, data, augment, checkpoint,
-                      resume, progress, init_rate, init_output_rate, validation, plateau, precision, compiled):
+def _check_train_args(dataset, epochs, T, batch_size, lr, seed, subset, test_subset, data, checkpoint,
+                      init_rate, init_output_rate, init_spread, label_margin, validation, plateau, precision,
+                      **flags):
     _expect("dataset", dataset, str, lambda v: v in DATASETS, f"one of {DATASETS}")
     for name, value in (("epochs", epochs), ("T", T), ("batch_size", batch_size)):
         _positive_int(name, value)
@@ -739,16 +738,17 @@ def _check_train_args(dataset, epochs, T, batch_size, lr, seed, subset, test_sub
     if data is not None:
         _expect("data", data, (tuple, list), lambda v: len(v) == 2 and all(isinstance(d, Dataset) for d in v),
                 "a pair (train, test) of Datasets from load_dataset")
-    for name, value in (("augment", augment), ("resume", resume), ("progress", progress), ("compiled", compiled)):
-        _expect(name, value, bool, expected="True or False")
+    for name in ("augment", "resume", "progress", "compiled"):
+        _expect(name, flags[name], bool, expected="True or False")
     if checkpoint is not None:
         _expect("checkpoint", checkpoint, (str, os.PathLike), expected="a file path")
-    for name, value in (("init_rate", init_rate), ("init_output_rate", init_output_rate)):
+    for name, value in (("init_rate", init_rate), ("init_output_rate", init_output_rate), ("init_spread", init_spread)):
         if value is not None:
             _positive(name, value)
     _expect("plateau", plateau, (dict, type(None)), lambda v: v is None or (validation and set(v) <= {
         "min_epochs", "window", "min_gain"}), "None or a dict of min_epochs, window, min_gain (with validation)")
     _expect("precision", precision, str, lambda v: v in ("float32", "bfloat16"), '"float32" or "bfloat16"')
+    _expect("label_margin", label_margin, (int, float), lambda v: v >= 0, "a number of spikes >= 0")
 
 
 def load_model(path, device="cpu"):

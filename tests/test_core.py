@@ -806,6 +806,36 @@ def test_binary_spikes_train_with_every_output_alive():
     assert h["silent_outputs"]
 
 
+def test_label_margin_raises_the_labels_target_only():
+    """spike_mse_loss(label_margin=m): the labelled class's desired firing is S_max + m, the others' 0."""
+    out, y = torch.zeros(2, 3, 10), torch.tensor([1, 4, 9])
+    assert mt.spike_mse_loss(out, y, 1).item() == pytest.approx(0.5 * 2 * 1)  # T = 2 steps, (1 - 0)^2
+    assert mt.spike_mse_loss(out, y, 1, label_margin=1).item() == pytest.approx(0.5 * 2 * 4)
+    out[:, 0, 2] = 1.0  # a wrong class firing costs the same with or without the margin
+    assert (mt.spike_mse_loss(out, y, 1, label_margin=1) - mt.spike_mse_loss(out, y, 1)).item() == pytest.approx(
+        0.5 * 2 * 3)
+
+
+@needs_cifar
+def test_binary_hidden_layers_stay_alive_when_centred(cifar_cache):
+    """Regression test of binary spikes dying in hidden layers (S_max = 1, T = 1, the ablation network
+    32C5-P2-64C5-P2-512, lr 0.0005, one epoch on 10,000 jpeg75 images, seed 0). Measured (seeds 0, 1): with
+    the defaults, 7-8 % of the second convolution's units and 18-22 % of the 512 fully connected neurons
+    fire on under 1 % of 1,024 training images after the epoch (0 % at the start: they died training),
+    test accuracy 17.5 / 18.6 % on 2,000 images; centred (init_spread=3) 0 % dead in every layer and
+    23.7 / 22.75 %. docs/choices.md, "Binary spikes". About 30 s on 2 threads."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the JPEG copy's warning
+        train, test = md.load_dataset("cifar10", True, subset=10_000), md.load_dataset("cifar10", False, subset=2000)
+    kw = dict(T=1, s_max=1, lr=0.0005, seed=0, epochs=1, data=(train, test), progress=False)
+    dead = {}
+    for name, extra in (("default", {}), ("centred", dict(init_spread=3.0))):
+        net = mt.train("32C5-P2-64C5-P2-512", "cifar10", **kw, **extra)["model"]
+        spikes = [r["s"].mean(0) for r in net.record(train.x[:1024], 1)]
+        dead[name] = [((s > 0).float().mean(0).flatten() < 0.01).float().mean().item() for s in spikes[:-1]]
+    assert max(dead["centred"]) <= 0.01 and dead["default"][2] >= 0.1, dead
+
+
 def test_output_start_is_relative_to_s_max_and_recorded_as_before():
     """S_max = 15 keeps the start the stored runs recorded (0.25), so their checkpoints resume."""
     assert mt.output_start(15) == 0.25 and mt.output_start(1) == pytest.approx(1 / 60)
@@ -813,6 +843,29 @@ def test_output_start_is_relative_to_s_max_and_recorded_as_before():
     net, x = mt.build_net("20-30-10", (20,), 10, s_max=1), torch.randn(256, 20)
     mt.calibrate_init(net, x, T=2)
     assert net(x, 2).mean().item() == pytest.approx(1 / 60, rel=0.1)
+
+
+@pytest.mark.parametrize("s_max", [1, 15])
+def test_centred_channels_start_alike_at_the_stated_spread_and_rate(s_max):
+    """calibrate_init(spread=3): on the calibration images every hidden channel's current has std 3*S_max
+    mV about one mean per layer, each hidden layer fires `rate` (capped at S_max/4), the output its start."""
+    torch.manual_seed(0)
+    net, x = mt.build_net("8C5-P2-16C5-P2-32", (1, 28, 28), 10, s_max=s_max), torch.randn(64, 1, 28, 28)
+    factors = mt.calibrate_init(net, x, rate=1.0, T=2, spread=3.0)
+    currents = []
+    hooks = [n.register_forward_pre_hook(lambda m, a: currents.append(a[0])) for n in net.neurons()]
+    with torch.no_grad():
+        net(x, 2)
+    for h in hooks:
+        h.remove()
+    rates = [n.firing_rate.item() for n in net.neurons()]
+    for current, rate in zip(currents[:-1], rates[:-1]):
+        dims = [d for d in range(current.dim()) if d != 2]
+        assert torch.allclose(current.std(dims), torch.tensor(3.0 * s_max), rtol=0.02)  # rounding flips a few spikes
+        assert torch.allclose(current.mean(dims), current.mean(), atol=0.03 * s_max)
+        assert rate == pytest.approx(min(1.0, s_max / 4), rel=0.02)
+    assert [f.shape for f in factors[:-1]] == [(8,), (16,), (32,)] and isinstance(factors[-1], float)
+    assert rates[-1] == pytest.approx(mt.output_start(s_max), rel=0.05)
 
 
 @needs_mnist
