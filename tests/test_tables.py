@@ -312,8 +312,9 @@ def test_ablation_settings_and_comparisons():
         quick, full = tb.ablation_settings(stem, "quick"), tb.ablation_settings(stem, "full")
         assert quick["seeds"] == full["seeds"] == [0, 1, 2] and quick["dataset"] == "cifar10"
         assert full["spec"] == mt.PAPER_NETWORKS["Table 6"][1] and full["lr"] == 0.0005 and full["subset"] is None
-        assert (quick["spec"], quick["lr"]) == (tb.QUICK_ABLATION_SPEC, tb.QUICK_ABLATION_LR)
-        recipe = tb.FEW_LEVELS if stem in ("42_s_max", "43_time_steps") else {}  # binary spikes learn with it
+        few = stem in ("42_s_max", "43_time_steps")  # binary spikes learn with tb.FEW_LEVELS, at a lower quick rate
+        recipe, lr = (tb.FEW_LEVELS, tb.FEW_LEVELS_QUICK_LR) if few else ({}, tb.QUICK_ABLATION_LR)
+        assert (quick["spec"], quick["lr"]) == (tb.QUICK_ABLATION_SPEC, lr)
         assert {**quick["fixed"], a.key: None}.keys() == {**mt.TABLE1, **recipe}.keys()
     assert tb.ablation_settings("42_s_max", "quick")["fixed"]["T"] == 1
     frame = pd.DataFrame(dict(k=["a"] * 3 + ["b"] * 3, test=[10.0, 11.0, 12.0, 20.0, 20.0, 20.0]))
