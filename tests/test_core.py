@@ -986,9 +986,9 @@ def test_nan_loss_stops_with_epoch_and_step(mnist_512, monkeypatch):
     """A non-finite loss stops training with a FloatingPointError naming the epoch and step."""
     real, calls = mt.spike_mse_loss, []
 
-    def poisoned(out, labels, s_max):
+    def poisoned(out, labels, s_max, label_margin=0):
         calls.append(1)
-        loss = real(out, labels, s_max)
+        loss = real(out, labels, s_max, label_margin)
         return loss * float("nan") if len(calls) == 6 else loss  # 4 steps per epoch: epoch 2, step 2
 
     monkeypatch.setattr(mt, "spike_mse_loss", poisoned)
