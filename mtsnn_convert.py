@@ -54,6 +54,10 @@ import mtsnn_runtime as rt
 from mtsnn_base import _atomic_save, _expect
 
 T_READ = tuple(2 ** k for k in range(9))  # 1, 2, 4, ..., 256
+# Steps run per layer call. Small on a CPU: a chunk's [steps*batch, ...] tensors stay in cache, and the
+# neurons' elementwise work is most of the cost (ResNet-20, batch 50, one thread: 5.7 ms per image-step
+# at 32 steps, 2.3 at 2; VGG-7 10.0 and 6.2: docs/long_runs.md). The spikes do not depend on it.
+STEP_CHUNK = 2
 
 
 # ----------------------------------------------------------------------------------------------
@@ -792,7 +796,7 @@ class ConvertedSNN(nn.Module):
         return [m for m in self.modules() if isinstance(m, IFLayer)]
 
     @torch.no_grad()
-    def forward(self, images, T=256, chunk=32):
+    def forward(self, images, T=256, chunk=STEP_CHUNK):
         """The accumulated readout after every step: [T, B, n_classes]."""
         for m in self.modules():
             if hasattr(m, "reset_state") and m is not self:
@@ -1193,7 +1197,7 @@ def _run_chunks(snn, ann, data, T, batch_size, chunk, store, chunk_images, confi
 
 
 @torch.no_grad()
-def evaluate_conversion(snn, ann, data, T_read=T_READ, batch_size=250, chunk=32, store=None, chunk_images=None,
+def evaluate_conversion(snn, ann, data, T_read=T_READ, batch_size=250, chunk=STEP_CHUNK, store=None, chunk_images=None,
                         config=None, stop_at=None, stored_code=False):
     """Run `snn` for T = max(T_read) steps on every image of `data` and read the accumulated
     output at each T in T_read (e.g. `range(1, step_cap(snn) + 1)`: every step).
@@ -1340,7 +1344,8 @@ def reading_slug(name):
     return "_".join(name.replace("+", " ").split())
 
 
-def select_phase_code(ann, calib_x, data, selection=SELECTION, store=None, batch_size=64, chunk=32, stop_at=None):
+def select_phase_code(ann, calib_x, data, selection=SELECTION, store=None, batch_size=64, chunk=STEP_CHUNK,
+                      stop_at=None):
     """K and the threshold percentile of the phase-coded readings, chosen on training images `data`
     (never the test set): the bistable phase-coded network (SN on ResNet shortcuts) of every
     candidate pair is run for `step_cap(snn, factor, minimum)` steps; the pair that comes within 1
@@ -1370,8 +1375,8 @@ further candidate is started). Returns (the chosen row,
     return best, rows
 
 
-def compare_readings(net, ann, thresholds, data, K, readings=None, caps=None, store=None, batch_size=50, chunk=32,
-                     chunk_images=100, stop_at=None, stored_code=False):
+def compare_readings(net, ann, thresholds, data, K, readings=None, caps=None, store=None, batch_size=50,
+                     chunk=STEP_CHUNK, chunk_images=100, stop_at=None, stored_code=False):
     """Every reading of `bsnn_readings(net, K)` (or those named in `readings`) converted with the
     same `thresholds` and evaluated on `data` at every step up to its cap (`caps`: {name: steps},
     default `step_cap(snn, **READING_CAP)`), each in its own store `store`/<reading_slug> (resumable, chunks of
