@@ -81,6 +81,9 @@ def test_plateau_runs_end_to_end(tmp_path):
     readings = tb.trained_readings(again[0]["model"], ann, s, train_ds, test_ds)
     assert set(readings["accuracy_at_T"]) == {1, 2, 3, 4} and set(readings["converted_twin"]["accuracy"]) == {1, 2}
     assert readings["accuracy_at_T"][2] == net_results[0]["test_accuracy"]
+    rows = {r["run"]: r for r in long_runs.status(tmp_path)}  # where each run stands, from its checkpoint
+    assert len(rows) == len(list(tmp_path.glob("*.pt"))) and all(r["epochs"].startswith("2") for r in rows.values())
+    assert sum(r["best_held_out"] == max(h["val_accuracy"] for h in net_results[0]["history"]) for r in rows.values())
 
 
 needs_bsnn_anns = pytest.mark.skipif(not (ROOT / "weights" / "cifar10_vgg7.pt").exists(), reason="no stored VGG-7")
@@ -114,6 +117,9 @@ def test_bsnn_conversions_choose_on_training_images_stash_and_resume_elsewhere(t
     strip = lambda s: {k: {r: {k2: v for k2, v in x.items() if k2 != "seconds"} for r, x in n["readings"].items()}
                        for k, n in s["nets"].items()}
     assert strip(resumed) == strip(one)
+    stores = {str(p.parent.relative_to(there)) for p in (there / "bsnn").rglob("chunk_*.pt")}
+    assert {r["run"]: r["epochs"] for r in long_runs.status(there)} == {
+        s: f"{len(list((there / s).glob('chunk_*.pt')))} chunks" for s in stores}
     for a in (there / "bsnn").rglob("chunk_*.pt"):
         b = torch.load(tmp_path / "one" / a.relative_to(there), weights_only=False)
         assert torch.equal(torch.load(a, weights_only=False)["predictions"], b["predictions"])

@@ -5,6 +5,7 @@
     python tools/long_runs.py bsnn [--images 2000] [--nets resnet20 vgg7] [--threads 1]
     python tools/long_runs.py stash      # before work stops: DIR's checkpoints into checkpoints/ (tracked)
     python tools/long_runs.py restore    # on a fresh clone: checkpoints/ back into DIR (`tables` does it first)
+    python tools/long_runs.py status     # where each run of DIR stands (docs/long_runs.md's table is made from it)
 
 `plateau`: the plateau profile of notebook 30 (Table 6's quick network) and of notebooks 42 and 43
 (Figs. 8 and 9 at the points the paper names, on the shallow ablation network): Table 1's neuron and
@@ -133,6 +134,33 @@ def stash_chunks(checkpoint_dir, stash_dir=STASH):
     return written
 
 
+def status(checkpoint_dir):
+    """One row per checkpoint of `checkpoint_dir` (run, epochs done / asked, the last epoch's held-out
+    and test accuracy, the best held-out one, minutes per epoch over the last 5, hours of its epochs so far) and
+    per reading of bsnn/ (its chunks); printed as a markdown table and returned."""
+    rows = []
+    for path in sorted(Path(checkpoint_dir).glob("*.pt")):
+        state = rt.load_checkpoint(path)
+        h, config = state["history"], state["config"]
+        last, val = (h[-1] if h else {}), [e["val_accuracy"] for e in h if "val_accuracy" in e]
+        asked = f"/{config['epochs']}" if config.get("epochs") else ""  # a twin (mc.train_ann) records none
+        rows.append(dict(run=path.name, spec=config.get("spec"), epochs=f"{len(h)}{asked}",
+                         held_out=val[-1] if val else None, best_held_out=max(val) if val else None,
+                         test=last.get("test_accuracy"),
+                         min_per_epoch=round(sum(e["seconds"] for e in h[-5:]) / max(len(h[-5:]), 1) / 60, 1),
+                         hours=round(sum(e["seconds"] for e in h) / 3600, 2), device=last.get("device")))
+    for store in sorted({p.parent for p in (Path(checkpoint_dir) / "bsnn").rglob("chunk_*.pt")}):
+        chunks = [torch.load(p, map_location="cpu", weights_only=False) for p in sorted(store.glob("chunk_*.pt"))]
+        rows.append(dict(run=str(store.relative_to(checkpoint_dir)), epochs=f"{len(chunks)} chunks",
+                         test=f"images 0-{max(c['images'][1] for c in chunks)}",
+                         hours=round(sum(c["seconds"] for c in chunks) / 3600, 2), device=chunks[-1]["device"]))
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
+    for r in rows:
+        print("| " + " | ".join("" if r.get(k) is None else str(r[k]) for k in keys) + " |")
+    return rows
+
+
 def tables(stems, checkpoint_dir, threads):
     torch.set_num_threads(threads)
     for stem in stems:
@@ -214,7 +242,7 @@ def bsnn(checkpoint_dir, threads, images=BSNN_IMAGES, nets=tuple(BSNN_ANNS), rea
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["tables", "plateau", "bsnn", "stash", "restore"])
+    parser.add_argument("what", choices=["tables", "plateau", "bsnn", "stash", "restore", "status"])
     parser.add_argument("--stems", nargs="+", choices=list(tb.TABLES) + list(tb.ABLATIONS),
                         help="tables: 10_mnist_mlp 20_fmnist_mlp; plateau: 30_cifar10_cnn 42_s_max 43_time_steps")
     parser.add_argument("--checkpoint-dir", type=Path, default=DEFAULT_DIR)
@@ -222,6 +250,9 @@ def main(argv=None):
     parser.add_argument("--images", type=int, default=BSNN_IMAGES)
     parser.add_argument("--nets", nargs="+", default=list(BSNN_ANNS), choices=list(BSNN_ANNS))
     args = parser.parse_args(argv)
+    if args.what == "status":
+        status(args.checkpoint_dir)
+        return
     if args.what == "stash":
         stash(args.checkpoint_dir)
         stash_chunks(args.checkpoint_dir)
