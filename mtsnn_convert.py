@@ -56,7 +56,9 @@ from mtsnn_base import _atomic_save, _expect
 T_READ = tuple(2 ** k for k in range(9))  # 1, 2, 4, ..., 256
 # Steps run per layer call. Small on a CPU: a chunk's [steps*batch, ...] tensors stay in cache, and the
 # neurons' elementwise work is most of the cost (ResNet-20, batch 50, one thread: 5.7 ms per image-step
-# at 32 steps, 2.3 at 2; VGG-7 10.0 and 6.2: docs/long_runs.md). The spikes do not depend on it.
+# at 32 steps, 2.3 at 2; VGG-7 10.0 and 6.2: docs/long_runs.md). It changes only float rounding: ResNet-20's
+# spikes are the same; on VGG-7, whose convolutions round differently on batches of another size, up to
+# 2 in 10^5 spikes differ (the predictions did not, 50 test images x 64 steps).
 STEP_CHUNK = 2
 
 
