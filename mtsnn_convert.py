@@ -40,6 +40,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -1044,13 +1045,25 @@ def fan_out(layer, shape):
 # ----------------------------------------------------------------------------------------------
 
 
+def _code_files():
+    """This module's source and that of every package module it imports, directly or through another
+    (a lazy import inside a function included): the code that computes a chunk's numbers."""
+    here, todo, seen = Path(__file__).resolve().parent, [Path(__file__).stem], set()
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += re.findall(r"^\s*(?:import|from)\s+(mtsnn_\w+)", (here / f"{name}.py").read_text(), re.M)
+    return [here / f"{name}.py" for name in sorted(seen)]
+
+
 def _code_digest():
-    """A hash of the source of the package's modules (mtsnn_*.py beside this file): what computes
-    a chunk's numbers. Chunks of another code are refused even when git's commit is the same (a
-    dirty tree) or when MTSNN_COMMIT says otherwise; commits that touch only notebooks, figures or
-    text do not make a stored chunk stale."""
+    """A hash of `_code_files`. Chunks of another code are refused even when git's commit is the same
+    (a dirty tree) or when MTSNN_COMMIT says otherwise; commits that touch only notebooks, figures,
+    text or modules the evaluation does not import (the tables, the gradient study) do not make a
+    stored chunk stale."""
     h = hashlib.sha256()
-    for path in sorted(Path(__file__).resolve().parent.glob("mtsnn_*.py")):
+    for path in _code_files():
         h.update(path.name.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:16]
 

@@ -207,8 +207,7 @@ class MultiThresholdLIF(nn.Module):
     layer's neuron), `residual`: the potential u[T-1] left after the last step.
     """
 
-    def __init__(self, v_th=10.0, tau_m=10.0, s_max=15, surrogate="f2", alpha_h=1.0,
-                 alpha_w=20.0, reset_grad="paper"):
+    def __init__(self, v_th=10.0, tau_m=10.0, s_max=15, surrogate="f2", alpha_h=1.0, alpha_w=20.0, reset_grad="paper"):
         super().__init__()
         _check_neuron_args(v_th, tau_m, s_max, surrogate, reset_grad)
         self.v_th, self.tau_m, self.s_max = float(v_th), float(tau_m), s_max
@@ -556,8 +555,7 @@ def evaluate(net, data, T, batch_size=1000):
         net.train()
     n = len(data)
     return dict(accuracy=100.0 * correct / n, accuracy_ties_to_lowest=100.0 * lowest / n,
-                firing_rate=(rates / n).tolist(),
-                silent_fraction=[1.0 - f.float().mean().item() for f in fired],
+                firing_rate=(rates / n).tolist(), silent_fraction=[1.0 - f.float().mean().item() for f in fired],
                 silent_outputs=(~fired[-1]).nonzero().flatten().tolist(),
                 output_silent=silent / n, output_tied=tied / n)
 
@@ -716,17 +714,19 @@ def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, dev
                 provenance=provenance(), model=net)
 
 
-def plateaued(history, min_epochs=60, window=0.2, min_gain=0.2, key="val_accuracy"):
-    """Whether accuracy `key` has stopped rising: after at least `min_epochs` epochs, the best of the
-    last `window` of them beats the best before by less than `min_gain` points."""
+def plateau_gain(history, window=0.2, key="val_accuracy"):
+    """How far the best accuracy `key` of the last `window` of the epochs beats the best before them (or None)."""
     n, recent = len(history), max(1, math.ceil(window * len(history)))
-    return n >= max(min_epochs, recent + 1) and (max(h[key] for h in history[-recent:])
-                                                 - max(h[key] for h in history[:-recent]) < min_gain)
+    return max(h[key] for h in history[-recent:]) - max(h[key] for h in history[:-recent]) if recent < n else None
+
+
+def plateaued(history, min_epochs=60, window=0.2, min_gain=0.2, key="val_accuracy"):
+    """Whether accuracy `key` stopped rising: after `min_epochs` epochs, `plateau_gain` is under `min_gain` points."""
+    return len(history) >= min_epochs and (gain := plateau_gain(history, window, key)) is not None and gain < min_gain
 
 
 def _check_train_args(dataset, epochs, T, batch_size, lr, seed, subset, test_subset, data, checkpoint,
-                      init_rate, init_output_rate, init_spread, label_margin, validation, plateau, precision,
-                      **flags):
+                      init_rate, init_output_rate, init_spread, label_margin, validation, plateau, precision, **flags):
     _expect("dataset", dataset, str, lambda v: v in DATASETS, f"one of {DATASETS}")
     for name, value in (("epochs", epochs), ("T", T), ("batch_size", batch_size)):
         _positive_int(name, value)

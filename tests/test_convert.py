@@ -656,6 +656,14 @@ def test_chunks_of_other_code_are_refused(tmp_path, monkeypatch):
         mc.evaluate_conversion(snn, ann, data, range(1, 9), **kw)
 
 
+def test_the_code_digest_covers_what_the_evaluation_imports():
+    """Editing the tables or the gradient study leaves stored chunks valid; the core, a lazily imported
+    module (the fused GPU neuron) and the conversion itself are covered."""
+    names = {p.name for p in mc._code_files()}
+    assert {"mtsnn_convert.py", "mtsnn_core.py", "mtsnn_runs.py", "mtsnn_base.py", "mtsnn_fused.py"} <= names
+    assert not names & {"mtsnn_tables.py", "mtsnn_gradients.py"}
+
+
 def test_fan_out_counts_the_synapses_leaving_each_neuron():
     conv = nn.Conv2d(2, 5, 3, padding=1)
     f = mc.fan_out(conv, (2, 4, 4))

@@ -890,6 +890,8 @@ def test_plateaued_reads_the_held_out_accuracy_only():
     assert not mt.plateaued(rising) and mt.plateaued(flat)
     assert not mt.plateaued(flat, min_gain=0.05)
     assert not mt.plateaued(flat[:59], window=0.01) and mt.plateaued(flat[:60] + flat[-1:] * 5, window=0.01)
+    assert mt.plateau_gain(flat) == pytest.approx(0.1) and mt.plateau_gain(rising) == 20
+    assert mt.plateau_gain(flat[:1]) is None and mt.plateau_gain(flat[:2], window=0.5) == 1
 
 
 @needs_mnist

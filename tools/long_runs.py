@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import math
 import shutil
 import sys
 import time
@@ -135,16 +134,6 @@ def stash_chunks(checkpoint_dir, stash_dir=STASH):
     return written
 
 
-def _plateau_gain(val, rule):
-    """What `mt.plateaued` compares with the rule's `min_gain`: the best held-out accuracy of the last
-    `window` of the epochs minus the best before them (the run stops once it is below min_gain after
-    min_epochs)."""
-    if not rule or len(val) < 2:
-        return None
-    recent = max(1, math.ceil(rule["window"] * len(val)))
-    return round(max(val[-recent:]) - max(val[:-recent]), 2) if recent < len(val) else None
-
-
 def status(checkpoint_dir):
     """One row per checkpoint of `checkpoint_dir` (run, epochs done / asked, the last epoch's held-out
     and test accuracy, the best held-out one, the plateau rule's gain, minutes per epoch over the last
@@ -155,10 +144,12 @@ def status(checkpoint_dir):
         state = rt.load_checkpoint(path)
         h, config = state["history"], state["config"]
         last, val = (h[-1] if h else {}), [e["val_accuracy"] for e in h if "val_accuracy" in e]
+        rule = config.get("plateau")  # the run stops once the gain is under rule["min_gain"]
+        gain = mt.plateau_gain([e for e in h if "val_accuracy" in e], rule["window"]) if rule and val else None
         asked = f"/{config['epochs']}" if config.get("epochs") else ""  # a twin (mc.train_ann) records none
         rows.append(dict(run=path.name, spec=config.get("spec"), epochs=f"{len(h)}{asked}",
                          held_out=val[-1] if val else None, best_held_out=max(val) if val else None,
-                         test=last.get("test_accuracy"), plateau_gain=_plateau_gain(val, config.get("plateau")),
+                         test=last.get("test_accuracy"), plateau_gain=None if gain is None else round(gain, 2),
                          min_per_epoch=round(sum(e["seconds"] for e in h[-5:]) / max(len(h[-5:]), 1) / 60, 1),
                          hours=round(sum(e["seconds"] for e in h) / 3600, 2), device=last.get("device")))
     for store in sorted({p.parent for p in (Path(checkpoint_dir) / "bsnn").rglob("chunk_*.pt")}):
