@@ -199,7 +199,7 @@ def train_ann(spec, train_ds, test_ds, epochs=2, lr=1e-3, seed=0, batch_size=128
     if teacher is not None:
         config["distill"] = dict(teacher=_digest(teacher), temperature=distill_temperature, weight=distill_weight)
         teacher.eval()  # batch norm on its running statistics (kept by _TrainingForward); under no_grad
-    state = rt.load_checkpoint(checkpoint) if checkpoint else None
+    state = rt.claim_checkpoint(checkpoint) if checkpoint else None
     if state is not None:
         if state["config"] != config:
             raise ValueError(f"checkpoint {checkpoint} holds another ANN run: {state['config']}, not {config}")

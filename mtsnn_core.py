@@ -29,8 +29,8 @@ import torch.nn.functional as F
 
 from mtsnn_base import _atomic_save, _check_device, _expect, _positive, _positive_int
 from mtsnn_data import _IN_SHAPES, DATASETS, Dataset, load_dataset
-from mtsnn_runtime import (compile_neurons, configure_cuda, device_name, device_setup, load_checkpoint, provenance,
-                           save_checkpoint)
+from mtsnn_runtime import (claim_checkpoint, compile_neurons, configure_cuda, device_name, device_setup,
+                           load_checkpoint, provenance, save_checkpoint)
 
 # The paper's settings, named once for every notebook: Table 1's neuron and time steps (batch 128,
 # Adam beta 0.9/0.999, eps 1e-8 and 200 epochs are `train`'s and the notebooks'), its learning
@@ -658,7 +658,7 @@ def train(spec, dataset, *, epochs=1, T=2, batch_size=128, lr=0.005, seed=0, dev
         compile_neurons(net.neurons())
     optimizer = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
     history, start = [], 0
-    state = load_checkpoint(checkpoint) if resume and checkpoint else None
+    state = claim_checkpoint(checkpoint, load=resume) if checkpoint else None
     if state is not None:
         if {**state["config"], "epochs": epochs} != config:  # more epochs may be asked for on resume
             diff = {k: (state["config"].get(k), v) for k, v in config.items() if state["config"].get(k) != v}

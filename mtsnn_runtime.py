@@ -1,7 +1,7 @@
 """What `mtsnn_core.train` needs besides the method: checkpoints, the device and where a result came from.
 
 - `save_checkpoint` / `load_checkpoint`: written atomically beside the previous one, read back with
-  a fallback to it;
+  a fallback to it; `claim_checkpoint`: one training process per checkpoint;
 - `pick_device`, `device_name`, `CUDA_POLICY` / `configure_cuda` and `device_setup` (the device,
   CUDA, cuDNN, driver and precision flags a result's numbers depend on);
 - `provenance`: the git commit (or $MTSNN_COMMIT), torch version and CPU model.
@@ -10,6 +10,7 @@ Of the other mtsnn_* modules it imports only `mtsnn_base`; `mtsnn_core` imports 
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import warnings
 from pathlib import Path
@@ -52,6 +53,29 @@ def load_checkpoint(path):
             warnings.warn(f"checkpoint {candidate} is unreadable ({type(exc).__name__}: {exc}); "
                           "trying the previous one", stacklevel=2)
     return None
+
+
+_CLAIMED = {}  # resolved checkpoint path -> the descriptor of its lock file, held until the process ends
+
+
+def claim_checkpoint(path, load=True):
+    """Lock `path` for this process's training (a ".lock" file beside it, held until the process ends)
+    and return `load_checkpoint(path)` (None without `load`). A second process training the same
+    checkpoint, such as a notebook run beside a background run, stops with an error instead of
+    interleaving its epochs with the other's."""
+    path = Path(path)
+    if str(path.resolve()) not in _CLAIMED:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = path.with_name(path.name + ".lock")
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RuntimeError(f"checkpoint {path} is being trained by another process (it holds {lock}); "
+                               "let it finish (tools/long_runs.py status) or train into another folder") from None
+        _CLAIMED[str(path.resolve())] = fd
+    return load_checkpoint(path) if load else None
 
 
 def pick_device(device="auto", profile=None):

@@ -712,6 +712,21 @@ def test_checkpoint_falls_back_to_the_previous_one(tmp_path):
     assert rt.load_checkpoint(tmp_path / "none.pt") is None
 
 
+def test_one_process_trains_a_checkpoint(tmp_path):
+    """A checkpoint claimed by this process (a run under way) is refused to another process, and
+    claimed again here as often as needed; it is free once this process lets go of it."""
+    import subprocess
+    import sys
+    path = tmp_path / "c.pt"
+    rt.save_checkpoint({"epoch": 1}, path)
+    assert rt.claim_checkpoint(path) == {"epoch": 1} and rt.claim_checkpoint(path, load=False) is None
+    other = [sys.executable, "-c", f"import mtsnn_runtime as rt; rt.claim_checkpoint({str(path)!r})"]
+    refused = subprocess.run(other, capture_output=True, text=True, cwd=os.path.dirname(rt.__file__))
+    assert refused.returncode != 0 and "being trained by another process" in refused.stderr
+    os.close(rt._CLAIMED.pop(str(path.resolve())))
+    assert subprocess.run(other, cwd=os.path.dirname(rt.__file__)).returncode == 0
+
+
 @needs_mnist
 def test_a_run_killed_while_saving_resumes(tmp_path):
     """A real training process is killed (SIGKILL) while it writes a checkpoint; rerunning the same
