@@ -1098,12 +1098,13 @@ def _synaptic_op_hooks(snn, T):
         def count(_, inputs):
             x = inputs[0]
             if row not in fans:
-                fans[row] = fan_out(layer, tuple(x.shape[2:])).to(x.device, x.dtype).flatten()
+                fans[row] = fan_out(layer, tuple(x.shape[2:])).to(x.device, torch.float64).flatten()
+            # summed over the batch, then in levels (rounding absorbs float32's error): whole numbers, exact in float64
             if isinstance(source, PhaseCodedLayer):
-                events = (x != 0).to(x.dtype)
+                events = (x != 0).sum(1).double()
             else:
-                events = torch.round(x / (source.theta / source.s_max))
-            ops = torch.einsum("tbn,n->t", events.flatten(2), fans[row]).double().round().cpu()
+                events = torch.round(x.sum(1).double() / (source.theta / source.s_max))
+            ops = (events.flatten(1) @ fans[row]).cpu()
             counts[row, snn.t0:snn.t0 + len(ops)] += ops
         return count
 
