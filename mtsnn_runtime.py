@@ -20,16 +20,20 @@ import torch
 from mtsnn_base import _atomic_save, _check_device
 
 
-def compile_neurons(neurons):
+def compile_neurons(neurons, max_steps=2):
     """Compile each neuron's forward (and its autograd backward) with torch.compile: the time loop's
     element-wise steps fuse into one loop per step. Same spikes, gradients equal to float rounding
-    (~1e-7 relative); one training step of the CIFAR-10 and MNIST CNNs 27-40 % shorter on one CPU
-    thread, the MLPs slightly longer (docs/long_runs.md). Compiles again for each layer, batch shape
-    and grad mode (~30 graphs for a CNN trained and tested: a minute or two, once per process), so
-    Dynamo's limit of 8 per function is raised."""
+    (~1e-7 relative); one training step of the CIFAR-10 and MNIST CNNs at T = 2 27-40 % shorter on
+    one CPU thread, the MLPs slightly longer (docs/long_runs.md). Inputs of more than `max_steps`
+    steps run eagerly: Inductor unrolls the loop and recomputes each step's potential from the first
+    step on, so at T = 3 a step of the shallow CIFAR-10 network costs the same and at T = 5 25 % more
+    than eager (and the big layer's forward alone 3 times as much). Compiles again for each layer,
+    batch shape and grad mode (~30 graphs for a CNN trained and tested: a minute or two, once per
+    process), so Dynamo's limit of 8 per function is raised."""
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     for n in neurons:
-        n.forward = torch.compile(n.forward, dynamic=False)
+        eager, compiled = n.forward, torch.compile(n.forward, dynamic=False)
+        n.forward = lambda x, eager=eager, compiled=compiled: (compiled if len(x) <= max_steps else eager)(x)
 
 
 def save_checkpoint(state, path):
