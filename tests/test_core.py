@@ -8,6 +8,7 @@ Run: MTSNN_DATA=/path/to/data .venv/bin/python -m pytest tests/test_core.py
 """
 import math
 import os
+import platform
 import shutil
 import signal
 import warnings
@@ -725,6 +726,31 @@ def test_one_process_trains_a_checkpoint(tmp_path):
     assert refused.returncode != 0 and "being trained by another process" in refused.stderr
     os.close(rt._CLAIMED.pop(str(path.resolve())))
     assert subprocess.run(other, cwd=os.path.dirname(rt.__file__)).returncode == 0
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's")
+def test_configure_cpu_keeps_freed_memory_for_reuse():
+    """Before `rt.configure_cpu` a 64 MB tensor is a block mapped from the OS (and unmapped when
+    freed); after it, a block of the heap, which stays with the process (glibc's mallinfo2)."""
+    import subprocess
+    import sys
+    probe = """
+import ctypes, torch, mtsnn_runtime as rt
+class Info(ctypes.Structure):
+    _fields_ = [(f, ctypes.c_size_t) for f in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc = ctypes.CDLL(None); libc.mallinfo2.restype = Info
+def mapped(size=16 * 2**20):  # MB mapped from the OS for a tensor of `size` floats
+    before = libc.mallinfo2(); tensor = torch.empty(size); after = libc.mallinfo2()
+    return (after.hblkhd - before.hblkhd) >> 20
+before = mapped()
+rt.configure_cpu()
+print(before, mapped())
+"""
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         cwd=os.path.dirname(rt.__file__))
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["64", "0"]  # mapped before, from the heap after
 
 
 @needs_mnist

@@ -75,7 +75,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="figures/start_of_training.json")
     args = ap.parse_args()
-    torch.set_flush_denormal(True)
+    rt.configure_cpu()  # as mt.train does
     out = Path(args.out)
     stored = json.loads(out.read_text()) if out.exists() else dict(rows=[])
     rows = [dict(r, provenance=r.get("provenance", stored.get("provenance"))) for r in stored["rows"]]
