@@ -1395,6 +1395,27 @@ def point_summary(frame, key, twin_accuracy=None):
                           learned=ok.groupby(frame[key], sort=False).all())
 
 
+def silent_output_reach(key, results, test_ds):
+    """Why an output neuron stays silent: for each run in `results` (checkpointed: `load_model` reads
+    them) whose last epoch left an output that never fired, the highest pre-reset potential h that
+    output reached on `test_ds` and the largest surrogate derivative there, against the smallest of
+    those largest derivatives among the run's outputs that fire; `key` names the swept setting. An
+    output whose h never nears a threshold gets no gradient, so no later epoch revives it."""
+    rows = []
+    for r in results:
+        silent = r["history"][-1]["silent_outputs"]
+        if not silent:
+            continue
+        net = mt.load_model(r["checkpoint"], test_ds.x.device)
+        h = net.record(test_ds.x, r["config"]["T"])[-1]["h"]  # [T, images, classes]
+        slope = net.neurons()[-1].surrogate_fn(h).amax((0, 1))
+        firing = [c for c in range(h.shape[-1]) if c not in silent]
+        rows += [{key: r["config"][key], "seed": r["config"]["seed"], "silent output": c,
+                  "highest h (mV)": h[..., c].max().item(), "largest surrogate": slope[c].item(),
+                  "firing outputs' smallest largest surrogate": slope[firing].min().item()} for c in silent]
+    return pd.DataFrame(rows)
+
+
 SWEPT_NAMES = {"surrogate": "surrogate curve", "alpha_w": "α_W", "s_max": "S_max", "T": "time steps T"}
 
 

@@ -12,6 +12,7 @@ import torch
 
 import mtsnn_core as mt
 import mtsnn_data as md
+import mtsnn_runs as mr
 import mtsnn_tables as tb
 
 DATA = md.data_root()
@@ -101,6 +102,23 @@ def test_load_model_rebuilds_the_trained_net(tmp_path):
     (seed0,) = tb.train_seeds(s, "cpu", checkpoint_dir=tmp_path / "runs")
     assert mt.evaluate(seed0["model"], data[1], 2)["accuracy"] == pytest.approx(
         mt.evaluate(mt.load_model(seed0["checkpoint"]), data[1], 2)["accuracy"])
+
+
+@pytest.mark.skipif(not HAS["mnist"], reason="MNIST not available")
+def test_silent_output_reach_finds_an_output_out_of_the_surrogates_reach(tmp_path):
+    """An output held far below threshold (its bias at -1000 mV) shows no surrogate slope anywhere,
+    while the run's firing outputs keep one."""
+    data = (md.load_dataset("mnist", True, subset=256), md.load_dataset("mnist", False, subset=256))
+    ckpt = tmp_path / "run.pt"
+    r = mt.train("784-32-10", "mnist", epochs=1, data=data, checkpoint=str(ckpt), progress=False)
+    state = torch.load(ckpt)
+    state["model"][[k for k in state["model"] if k.endswith("bias")][-1]][3] = -1000.0
+    torch.save(state, ckpt)
+    result = dict(mr.to_json(r), checkpoint=str(ckpt))
+    result["history"][-1]["silent_outputs"] = [3]
+    (row,) = tb.silent_output_reach("alpha_w", [result], data[1]).to_dict("records")
+    assert (row["alpha_w"], row["seed"], row["silent output"]) == (20.0, 0, 3) and row["highest h (mV)"] < -900
+    assert row["largest surrogate"] < 1e-6 < row["firing outputs' smallest largest surrogate"]
 
 
 LEDGER_KEYS = {"claim", "verdict", "learned", "silent_outputs", "failure_claim", "min_detectable_difference",
