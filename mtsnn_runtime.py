@@ -121,7 +121,7 @@ def configure_cpu():
       gradient of the shallow CIFAR-10 network's first pooling at T = 5 took 51 ms, 4 ms in reused
       memory. Freed memory now stays with the process (M_MMAP_MAX = 0, M_TRIM_THRESHOLD 2 GiB, what
       MALLOC_MMAP_MAX_=0 does at start-up): that network's training step with binary spikes, batch
-      128, one idle thread, 790-810 -> 625-760 ms at T = 5 and 191 -> 172 ms at T = 1; a ReLU step
+      128, one idle thread, 790-810 -> 626-762 ms at T = 5 and 191 -> 172 ms at T = 1; a ReLU step
       the same. Other C libraries are left as they are.
     """
     torch.set_flush_denormal(True)
